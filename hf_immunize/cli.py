@@ -1,0 +1,38 @@
+"""`hf-immunize <command> [args]`: one entry point for the commands; each command is a module with `main(argv)`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with `main(argv)`, one-line help). Commands join this table as they land.
+COMMANDS = {
+    "demo": ("hf_immunize.demo", "pretrain, align and evaluate a tiny model on the offline safety world"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: hf-immunize <command> [options]", "", "commands:"]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `hf-immunize <command> --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"hf-immunize: unknown command {command!r}; choose from {sorted(COMMANDS)}.\n\n{_usage()}", file=sys.stderr
+        )
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    module.main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Dataset adapters (public Hub schemas -> canonical columns, with clear errors) and the offline toy worlds."""
+
+from .adapters import (
+    ADAPTERS,
+    BIOS_PROFESSIONS,
+    load_beavertails,
+    load_bias_in_bios,
+    load_gsm8k,
+    load_harmful_prompts,
+    load_instructions,
+    load_label_task,
+    load_pku_saferlhf,
+    load_pku_saferlhf_preferences,
+    load_refusal_file,
+    load_source,
+    load_tofu,
+    parse_refusal,
+    require_columns,
+)
+from .toy import (
+    BiosWorld,
+    BookWorld,
+    SafetyWorld,
+    format_prompt,
+    make_bios_world,
+    make_book_world,
+    make_safety_world,
+)
+
+__all__ = [
+    "ADAPTERS",
+    "BIOS_PROFESSIONS",
+    "BiosWorld",
+    "BookWorld",
+    "SafetyWorld",
+    "format_prompt",
+    "load_beavertails",
+    "load_bias_in_bios",
+    "load_gsm8k",
+    "load_harmful_prompts",
+    "load_instructions",
+    "load_label_task",
+    "load_pku_saferlhf",
+    "load_pku_saferlhf_preferences",
+    "load_refusal_file",
+    "load_source",
+    "load_tofu",
+    "make_bios_world",
+    "make_book_world",
+    "make_safety_world",
+    "parse_refusal",
+    "require_columns",
+]
