@@ -9,15 +9,16 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
-PIP := $(BIN)/python -m pip --disable-pip-version-check -q --progress-bar off
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+PIP_INSTALL := $(PIP) install -q --progress-bar off
 
 .PHONY: install demo test test-slow lint bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: an unpinned torch resolves to a multi-GB CUDA build.
-	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints.txt -e ".[dev,quant]"
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -c constraints.txt -e ".[dev,quant]"
 	touch $(STAMP)
 
 install: $(STAMP)
