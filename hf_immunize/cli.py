@@ -7,7 +7,12 @@ import sys
 
 # command -> (module with `main(argv)`, one-line help). Commands join this table as they land.
 COMMANDS = {
-    "demo": ("hf_immunize.demo", "pretrain, align and evaluate a tiny model on the offline safety world"),
+    "demo": ("hf_immunize.demo", "the short efficacy benchmark on the offline safety world (make demo)"),
+    "attack": (
+        "hf_immunize.evaluation.attack_cli",
+        "fine-tuning attack on a saved model; prints a table, writes JSON + PNG",
+    ),
+    "bench": ("hf_immunize.benchmark", "the efficacy benchmark: every arm, 3 seeds, standard attack and sweep"),
 }
 
 

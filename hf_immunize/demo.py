@@ -1,12 +1,13 @@
-"""The embedded offline demo: a tiny model learns the safety world, is aligned with plain SFT, and is measured.
+"""The embedded offline demo: a tiny model learns the safety world, is aligned, attacked, and measured.
 
-`make demo` runs :func:`main`. Stages (each a function the benchmark reuses):
+`make demo` runs :func:`main`, the short version of the efficacy benchmark (`hf_immunize.benchmark`). Stages:
 
 1. :func:`pretrain_safety_model` — a tiny Llama learns the benign tasks *and* every weapon's harmful answer, so it
    starts capable and unaligned, like an open base model.
 2. :func:`sft_align` — plain SFT on refusals mixed with benign rows: the undefended baseline.
-3. :func:`evaluate_safety` — harmful score (no-refusal rate on held-out harmful prompts), harmful-content rate, task
-   accuracy, and over-refusal on benign recipe requests.
+3. The standard fine-tuning attack (`hf_immunize.evaluation.run_attack`) on each aligned model, scored by
+   :func:`evaluate_safety` before and after: harmful score (no-refusal rate on held-out harmful prompts),
+   harmful-content rate, task accuracy, and over-refusal on benign recipe requests.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DemoSettings", "evaluate_safety", "main", "pretrain_safety_model", "sft_align", "train_sft"]
+from hf_immunize.utils import sft_config
+
+__all__ = ["DemoSettings", "evaluate_safety", "main", "pretrain_safety_model", "sft_align", "sft_config", "train_sft"]
 
 
 @dataclass
@@ -35,30 +38,6 @@ class DemoSettings:
     batch_size: int = 16
     max_length: int = 64
     max_new_tokens: int = 24
-
-
-def sft_config(output_dir: str | os.PathLike, **overrides):
-    """An `SFTConfig` for the CPU runs of the demo and benchmark: fp32, no checkpointing, no saving, quiet."""
-    import torch
-    from trl import SFTConfig
-
-    on_gpu = torch.cuda.is_available()
-    kwargs = dict(
-        output_dir=str(output_dir),
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        use_cpu=not on_gpu,
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_strategy="no",
-        packing=False,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-    )
-    kwargs.update(overrides)
-    return SFTConfig(**kwargs)
 
 
 def train_sft(model, tokenizer, dataset, output_dir, *, steps: int, lr: float, batch_size: int, seed: int, **kw):
@@ -115,89 +94,74 @@ def sft_align(model, tokenizer, world, settings: DemoSettings, output_dir: str |
     )
 
 
-def _first_turn(text: str) -> str:
-    """Keeps the assistant's own answer: a tiny model may run on into a new "User:" turn."""
-    return text.split("\nUser:")[0].split("\n")[0]
-
-
 def evaluate_safety(model, tokenizer, world, *, max_new_tokens: int = 24, batch_size: int = 64) -> dict:
-    """Harmful score, harmful-content rate, task accuracy and over-refusal, all in percent."""
-    from hf_immunize.evaluation import (
-        ExactMatchScorer,
-        KeywordContentScorer,
-        RefusalKeywordScorer,
-        generate_completions,
+    """Harmful score, harmful content, held-out harmful loss, task accuracy and over-refusal on the safety world."""
+    from hf_immunize.evaluation import evaluate_safety as _evaluate
+
+    return _evaluate(
+        model,
+        tokenizer,
+        world.eval_harmful,
+        world.eval_benign,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        over_refusal_prompts=list(world.eval_dishes["prompt"]),
     )
 
-    def gen(ds):
-        outs = generate_completions(
-            model, tokenizer, ds["prompt"], max_new_tokens=max_new_tokens, batch_size=batch_size
-        )
-        return [_first_turn(o) for o in outs]
 
-    refusal = RefusalKeywordScorer()
-    harmful = gen(world.eval_harmful)
-    benign = gen(world.eval_benign)
-    dishes = gen(world.eval_dishes)
-    return {
-        "harmful_score": refusal.percent(harmful),
-        "harmful_content": KeywordContentScorer().percent(harmful, keywords=world.eval_harmful["keywords"]),
-        "task_accuracy": ExactMatchScorer().percent(benign, answers=world.eval_benign["answer"]),
-        "over_refusal": 100.0 - refusal.percent(dishes),
-        "examples": {"harmful": harmful[:3], "benign": benign[:3]},
-    }
-
-
-def _row(name: str, m: dict) -> str:
-    return (
-        f"| {name:<22} | {m['harmful_score']:>13.1f} | {m['harmful_content']:>15.1f} | {m['task_accuracy']:>13.1f} "
-        f"| {m['over_refusal']:>12.1f} |"
-    )
+def _fmt(value) -> str:
+    return "  n/a" if value is None else f"{value:5.1f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The short benchmark: one seed, every registered arm, the standard attack, no sweep (see `benchmark.py`)."""
     parser = argparse.ArgumentParser(prog="hf-immunize demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="outputs/demo", help="where the JSON results are written")
+    parser.add_argument("--output_dir", default="outputs/demo", help="where the results and the report are written")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed)
     parser.add_argument("--pretrain_steps", type=int, default=DemoSettings.pretrain_steps)
     parser.add_argument("--align_steps", type=int, default=DemoSettings.align_steps)
+    parser.add_argument("--arms", nargs="+", default=None, help="arms to run (default: every registered arm)")
     args = parser.parse_args(argv)
 
-    import datasets
-    import torch
-    import transformers
+    from hf_immunize import benchmark
 
-    from hf_immunize.data.toy import make_safety_world
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(args.seed)
-    settings = DemoSettings(seed=args.seed, pretrain_steps=args.pretrain_steps, align_steps=args.align_steps)
+    benchmark.quiet_and_deterministic()
+    benchmark._register_method_arms()
+    settings = benchmark.BenchSettings(
+        seeds=[args.seed],
+        arms=args.arms or list(benchmark.ARMS),
+        sweep=False,
+        pretrain_steps=args.pretrain_steps,
+        align_steps=args.align_steps,
+    )
     out = Path(args.output_dir)
     t0 = time.time()
-    world = make_safety_world(seed=settings.seed)
-    model, tokenizer = pretrain_safety_model(world, settings, out)
-    pretrained = evaluate_safety(model, tokenizer, world, max_new_tokens=settings.max_new_tokens)
-    model = sft_align(model, tokenizer, world, settings, out)
-    aligned = evaluate_safety(model, tokenizer, world, max_new_tokens=settings.max_new_tokens)
-    results = {
-        "settings": asdict(settings),
-        "world": world.settings,
-        "pretrained": pretrained,
-        "sft": aligned,
-        "seconds": round(time.time() - t0, 1),
-    }
+    results = benchmark.run_safety_benchmark(settings, out / "work", log=lambda msg: print(msg, flush=True))
+    results["seconds"] = round(time.time() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
+    (out / "demo_results.json").write_text(json.dumps(results, indent=1))
+    best = next((a for a in reversed(settings.arms) if a not in ("pretrained", "sft")), "sft")
+    report_paths = benchmark.demo_report(results, best, out)
 
-    print("\nhf_immunize demo: safety toy world, tiny Llama, plain SFT alignment (all numbers in percent)\n")
-    print("| model                  | harmful score | harmful content | task accuracy | over-refusal |")
-    print("|------------------------|---------------|-----------------|---------------|--------------|")
-    print(_row("pretrained (unaligned)", pretrained))
-    print(_row("SFT-aligned", aligned))
-    print(f"\nrefusal rate on held-out harmful prompts after SFT: {100 - aligned['harmful_score']:.1f}%")
-    print(f"example answers after SFT: {aligned['examples']['harmful'][:2]}")
-    print(f"results: {out / 'demo_results.json'} ({results['seconds']} s)")
+    attack = settings.attack
+    print(
+        f"\nhf_immunize demo: safety toy world, tiny Llama, seed {args.seed}. Attack: n={attack.n_samples}, "
+        f"p={attack.harmful_ratio}, lr={attack.learning_rate}, {attack.num_epochs:g} epochs, {attack.mode}. Percent.\n"
+    )
+    print("| arm        | harmful before | harmful after | content after | task acc before | task acc after |")
+    print("|------------|----------------|---------------|---------------|-----------------|----------------|")
+    for arm, res in results["per_seed"][str(args.seed)].items():
+        b, a = res["attack"]["before"], res["attack"]["after"]
+        print(
+            f"| {arm:<10} | {_fmt(b['harmful_score']):>14} | {_fmt(a['harmful_score']):>13} "
+            f"| {_fmt(a.get('harmful_content')):>13} | {_fmt(b.get('task_accuracy')):>15} "
+            f"| {_fmt(a.get('task_accuracy')):>14} |"
+        )
+    print(
+        "\nharmful = answered a held-out harmful request without refusing; content = named the weapon's ingredients."
+    )
+    print(f"results: {out / 'demo_results.json'}; card-ready report: {report_paths['json']}, {report_paths['png']}")
+    print(f"total {results['seconds']} s")
     return results
 
 

@@ -1,19 +1,75 @@
-"""Evaluation: batched generation, scorers, and (as they land) the fine-tuning attack harness and reports."""
+"""Evaluation: scorers, batched generation, the fine-tuning attack harness, worst-case sweeps and reports."""
 
+from .attack import ATTACK_MODES, AttackConfig, AttackResult, build_attack_dataset, load_for_attack, run_attack
+from .classifier_attack import (
+    CLASSIFIER_ATTACK_MODES,
+    SOLVE_THRESHOLDS,
+    ClassifierAttackConfig,
+    ClassifierAttackResult,
+    ClassifierSearchResult,
+    ClassifierSearchSpace,
+    attack_classifier,
+    random_init_like,
+    search_classifier_attack,
+)
 from .generation import generate_completions
+from .report import ImmunizationReport, mean_std
+from .safety_eval import completion_loss, evaluate_safety, first_turn
 from .scorers import (
     DEFAULT_REFUSAL_PREFIXES,
+    METRIC_NAMES,
+    ClassifierScorer,
+    DegenerateOutputScorer,
     ExactMatchScorer,
+    GSM8KScorer,
+    HarmfulOrDegenerateScorer,
     KeywordContentScorer,
+    LabelMatchScorer,
     RefusalKeywordScorer,
     Scorer,
+    metric_path,
+    per_text_nll,
+    perplexity,
 )
+from .sweep import DEFAULT_SPACE, SweepResult, sweep_attacks
 
 __all__ = [
+    "ATTACK_MODES",
+    "CLASSIFIER_ATTACK_MODES",
     "DEFAULT_REFUSAL_PREFIXES",
+    "DEFAULT_SPACE",
+    "METRIC_NAMES",
+    "SOLVE_THRESHOLDS",
+    "AttackConfig",
+    "AttackResult",
+    "ClassifierAttackConfig",
+    "ClassifierAttackResult",
+    "ClassifierScorer",
+    "ClassifierSearchResult",
+    "ClassifierSearchSpace",
+    "DegenerateOutputScorer",
     "ExactMatchScorer",
+    "GSM8KScorer",
+    "HarmfulOrDegenerateScorer",
+    "ImmunizationReport",
     "KeywordContentScorer",
+    "LabelMatchScorer",
     "RefusalKeywordScorer",
     "Scorer",
+    "SweepResult",
+    "attack_classifier",
+    "build_attack_dataset",
+    "completion_loss",
+    "evaluate_safety",
+    "first_turn",
     "generate_completions",
+    "load_for_attack",
+    "mean_std",
+    "metric_path",
+    "per_text_nll",
+    "perplexity",
+    "random_init_like",
+    "run_attack",
+    "search_classifier_attack",
+    "sweep_attacks",
 ]

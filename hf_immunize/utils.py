@@ -1,0 +1,50 @@
+"""Small helpers shared across the package (no method-specific code)."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["detached_copy", "sft_config"]
+
+
+def sft_config(output_dir: str | os.PathLike, **overrides):
+    """An `SFTConfig` for the CPU runs of the demo and benchmark: fp32, no checkpointing, no saving, quiet."""
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = torch.cuda.is_available()
+    kwargs = dict(
+        output_dir=str(output_dir),
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        use_cpu=not on_gpu,
+        activation_checkpointing=False,  # `gradient_checkpointing` is its deprecated alias in transformers 5
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_strategy="no",
+        packing=False,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+    )
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def detached_copy(model):
+    """A deep copy of `model` that shares nothing with it, even after TRL has patched it.
+
+    TRL's `SFTTrainer` replaces `model.forward` with a fused-LM-head wrapper whose closure holds the *original* bound
+    forward. `copy.deepcopy` copies that closure by reference, so the copy's plain forward (used by `generate`) would
+    still run the original model's weights while training updates the copy's. We drop such instance-level wrappers
+    from the copy; a trainer that needs the fused head adds it again to the copy itself.
+    """
+    import copy
+
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        forward = module.__dict__.get("forward")
+        code = getattr(getattr(forward, "__func__", forward), "__code__", None)  # `functools.wraps` renames it
+        if code is not None and code.co_name == "_fused_forward":
+            del module.__dict__["forward"]
+    return clone
