@@ -177,16 +177,42 @@ def safety_table(summary: dict) -> str:
             return "n/a"
         return f"{entry[key]:.1f} ± {entry.get(key + '_std') or 0:.1f}"
 
+    def loss(entry):
+        if entry.get("harmful_loss_before") is None:
+            return "n/a"
+        return f"{entry['harmful_loss_before']:.2f} → {entry['harmful_loss_after']:.2f}"
+
     lines = [
-        "| arm | harmful score before | after attack | worst of sweep | task accuracy before | after attack |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| arm | harmful score before | after attack | worst of sweep | harmful content after | held-out harmful loss "
+        "| task accuracy before | after attack |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, entry in summary.items():
         lines.append(
             f"| {arm} | {cell(entry, 'harmful_score_before')} | {cell(entry, 'harmful_score_after')} "
-            f"| {cell(entry, 'harmful_score_after_worst')} | {cell(entry, 'task_accuracy_before')} "
-            f"| {cell(entry, 'task_accuracy_after')} |"
+            f"| {cell(entry, 'harmful_score_after_worst')} | {cell(entry, 'harmful_content_after')} | {loss(entry)} "
+            f"| {cell(entry, 'task_accuracy_before')} | {cell(entry, 'task_accuracy_after')} |"
         )
+    return "\n".join(lines)
+
+
+def sweep_table(per_seed: dict) -> str:
+    """Harmful score after the attack per attacker setting of the sweep (mean over seeds), one row per arm."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    for seed in per_seed.values():
+        for arm, res in seed.items():
+            for trial in (res.get("sweep") or {}).get("trials", []):
+                key = ", ".join(
+                    f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["overrides"].items()
+                )
+                cells.setdefault(arm, {}).setdefault(key, []).append(trial["harmful_score_after"])
+    if not cells:
+        return ""
+    columns = sorted({k for arm in cells.values() for k in arm})
+    lines = ["| arm | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]
+    for arm, by_setting in cells.items():
+        row = [f"{mean_std(by_setting[c])['mean']:.1f}" if c in by_setting else "n/a" for c in columns]
+        lines.append(f"| {arm} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -198,25 +224,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=None, help=f"arms to run (default: all registered: {list(ARMS)})")
     parser.add_argument("--no_sweep", action="store_true", help="skip the worst-case sweep")
+    parser.add_argument("--from_json", action="store_true", help="only rewrite the Markdown table from --output")
     args = parser.parse_args(argv)
 
-    quiet_and_deterministic()
-    _register_method_arms()
-    settings = BenchSettings(seeds=args.seeds, arms=args.arms or list(ARMS), sweep=not args.no_sweep)
-    t0 = time.time()
-    results = run_safety_benchmark(settings, args.work_dir)
-    results["settings"]["seconds"] = round(time.time() - t0)
-    write_efficacy("safety", results, args.output)
-    table = safety_table(results["summary"])
-    a = settings.attack
-    Path(args.table).write_text(
+    if not args.from_json:
+        quiet_and_deterministic()
+        _register_method_arms()
+        settings = BenchSettings(seeds=args.seeds, arms=args.arms or list(ARMS), sweep=not args.no_sweep)
+        t0 = time.time()
+        results = run_safety_benchmark(settings, args.work_dir)
+        results["settings"]["seconds"] = round(time.time() - t0)
+        write_efficacy("safety", results, args.output)
+    data = json.loads(Path(args.output).read_text())
+    settings, summary = data["settings"]["safety"], data["summary"]["safety"]
+    a = settings["attack"]
+    text = (
         "<!-- written by `hf-immunize bench`; do not edit by hand -->\n"
-        f"Safety toy world, seeds {settings.seeds}, standard attack: n={a.n_samples}, p={a.harmful_ratio}, "
-        f"lr={a.learning_rate}, {a.num_epochs:g} epochs, {a.mode}; sweep over {settings.sweep_space}. "
-        "Mean ± std over seeds, percent.\n\n" + table + "\n"
+        f"Safety toy world, seeds {data['seeds']['safety']}, standard attack: n={a['n_samples']}, "
+        f"p={a['harmful_ratio']}, lr={a['learning_rate']}, {a['num_epochs']:g} epochs, {a['mode']}. "
+        "Mean ± std over seeds; rates in percent, loss in nats.\n\n" + safety_table(summary) + "\n"
     )
-    print("\n" + table)
-    return results
+    lr_table = sweep_table(data["per_seed"]["safety"])
+    if lr_table:
+        text += f"\nHarmful score after the attack for each setting of the sweep (mean over seeds):\n\n{lr_table}\n"
+    Path(args.table).write_text(text)
+    print("\n" + text)
+    return data
 
 
 def quiet_and_deterministic() -> None:
