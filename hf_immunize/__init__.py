@@ -7,4 +7,24 @@ the dataset adapters and offline toy worlds, `hf_immunize.evaluation` the scorer
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# Trainers are imported on first use: `import hf_immunize` stays cheap (no torch / transformers / trl import).
+_LAZY = {
+    "BoosterConfig": "hf_immunize.methods.booster",
+    "BoosterTrainer": "hf_immunize.methods.booster",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hf_immunize' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

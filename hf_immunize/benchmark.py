@@ -67,6 +67,9 @@ class BenchSettings(DemoSettings):
         default_factory=lambda: {"learning_rate": [3e-5, 1e-4, 3e-4, 1e-3], "mode": ["full", "lora_new"]}
     )
     sweep_budget: int = 8
+    # Booster arm (paper defaults λ=5, α=0.1; see benchmarks/results/booster_sensitivity.json for the tiny-model study)
+    booster_regularizer_weight: float = 5.0
+    booster_perturbation_step_size: float = 0.1
 
 
 def _arm_result(result, sweep) -> dict:
@@ -263,8 +266,39 @@ def quiet_and_deterministic() -> None:
     transformers.logging.set_verbosity_error()
 
 
+def booster_align(model, tokenizer, world, settings: BenchSettings, output_dir):
+    """The Booster arm: the same alignment data, schedule and optimizer as `sft`, plus Booster's regularizer.
+
+    The harmful data is the defender's own: the alignment prompts paired with their harmful answers.
+    """
+    from hf_immunize.methods.booster import BoosterConfig, BoosterTrainer
+    from hf_immunize.utils import CPU_TRAINING_DEFAULTS
+
+    harmful = world.alignment_harmful.map(
+        lambda r: {"completion": r["harmful"]}, remove_columns=["harmful", "refusal"]
+    )
+    args = BoosterConfig(
+        output_dir=str(Path(output_dir) / "booster"),
+        max_steps=settings.align_steps,
+        learning_rate=settings.align_lr,
+        per_device_train_batch_size=settings.batch_size,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        max_length=settings.max_length,
+        regularizer_weight=settings.booster_regularizer_weight,
+        perturbation_step_size=settings.booster_perturbation_step_size,
+        **CPU_TRAINING_DEFAULTS,
+    )
+    trainer = BoosterTrainer(
+        model=model, args=args, train_dataset=world.alignment, harmful_dataset=harmful, processing_class=tokenizer
+    )
+    trainer.train()
+    return trainer.model
+
+
 def _register_method_arms() -> None:
     """Defenses that have landed register their benchmark arm here (kept out of import time: they are heavy)."""
+    register_arm("booster", booster_align)
 
 
 def demo_report(results: dict, arm: str, output_dir: str | os.PathLike) -> dict:

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["detached_copy", "sft_config"]
+__all__ = ["CPU_TRAINING_DEFAULTS", "detached_copy", "sft_config"]
+
+# Settings of every short run in the demo, the benchmark and the attack harness: no checkpoints, no logging, a
+# constant schedule without weight decay unless asked (`gradient_checkpointing` is deprecated in transformers 5).
+CPU_TRAINING_DEFAULTS = dict(
+    activation_checkpointing=False,
+    report_to="none",
+    save_strategy="no",
+    disable_tqdm=True,
+    logging_strategy="no",
+    lr_scheduler_type="constant",
+    warmup_steps=0,
+    weight_decay=0.0,
+)
 
 
 def sft_config(output_dir: str | os.PathLike, **overrides):
@@ -17,15 +30,8 @@ def sft_config(output_dir: str | os.PathLike, **overrides):
         output_dir=str(output_dir),
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not on_gpu,
-        activation_checkpointing=False,  # `gradient_checkpointing` is its deprecated alias in transformers 5
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        logging_strategy="no",
         packing=False,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
+        **CPU_TRAINING_DEFAULTS,
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)
