@@ -67,9 +67,10 @@ class BenchSettings(DemoSettings):
         default_factory=lambda: {"learning_rate": [3e-5, 1e-4, 3e-4, 1e-3], "mode": ["full", "lora_new"]}
     )
     sweep_budget: int = 8
-    # Booster arm (paper defaults λ=5, α=0.1; see benchmarks/results/booster_sensitivity.json for the tiny-model study)
+    # Booster arm. The paper's α=0.1 (with λ=5) broke alignment itself on this tiny model (harmful 96.7 before any
+    # attack); α=0.01 was the best setting of the sensitivity grid: benchmarks/results/booster_sensitivity.md.
     booster_regularizer_weight: float = 5.0
-    booster_perturbation_step_size: float = 0.1
+    booster_perturbation_step_size: float = 0.01
 
 
 def _arm_result(result, sweep) -> dict:
