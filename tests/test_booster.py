@@ -568,7 +568,7 @@ def test_tiny_recipe_trains_on_cpu(tmp_path):
         lambda r: {"completion": r["harmful"]}, remove_columns=["harmful", "refusal"]
     )
     args = BoosterConfig(**{**recipe, "output_dir": str(tmp_path), "max_steps": 2, "logging_steps": 1})
-    assert (args.bf16, args.use_cpu, args.regularizer_weight) == (False, True, 1.0)
+    assert (args.bf16, args.use_cpu, args.perturbation_step_size) == (False, True, 0.01)
     trainer = BoosterTrainer(
         model=model,
         args=args,

@@ -203,7 +203,7 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
                 if p.grad is None:  # a tensor the alignment loss does not reach
                     p.grad = torch.zeros_like(p)
             grads = [p.grad for p in params]
-            deltas = [d.to(g.dtype) for g, d in zip(grads, difference.views, strict=True)]
+            deltas = [d.to(device=g.device, dtype=g.dtype) for g, d in zip(grads, difference.views, strict=True)]
             torch._foreach_add_(grads, deltas, alpha=args.regularizer_weight)
         if reused is not None:
             reused.age += 1
