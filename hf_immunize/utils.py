@@ -4,7 +4,31 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CPU_TRAINING_DEFAULTS", "detached_copy", "sft_config"]
+__all__ = ["CPU_TRAINING_DEFAULTS", "OFFLINE_ENV", "detached_copy", "set_offline_env", "sft_config"]
+
+# Hub offline, no telemetry, one CPU thread: for tests and benchmarks. Must be set before any HF library is imported
+# (`HF_ENDPOINT` and the offline flags are read at import time), so this module imports nothing heavy.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def set_offline_env(override: bool = True) -> None:
+    """Exports :data:`OFFLINE_ENV` (`override=False` keeps values the caller already set)."""
+    for key, value in OFFLINE_ENV.items():
+        if override:
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
+
 
 # Settings of every short run in the demo, the benchmark and the attack harness: no checkpoints, no logging, a
 # constant schedule without weight decay unless asked (`gradient_checkpointing` is deprecated in transformers 5).

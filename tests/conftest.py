@@ -5,17 +5,9 @@ The environment variables must be set before any Hugging Face library is importe
 
 import os
 
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-}.items():
-    os.environ[_key] = _value
+from hf_immunize.utils import set_offline_env  # imports nothing heavy: safe before any HF library
+
+set_offline_env()
 
 from pathlib import Path  # noqa: E402
 
