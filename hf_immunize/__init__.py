@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "BoosterConfig": "hf_immunize.methods.booster",
     "BoosterTrainer": "hf_immunize.methods.booster",
+    "MLACConfig": "hf_immunize.methods.mlac",
+    "MLACTrainer": "hf_immunize.methods.mlac",
 }
 
 __all__ = ["__version__", *_LAZY]
