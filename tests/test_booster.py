@@ -634,3 +634,23 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         rel = (a["update"][name] - b["update"][name]).norm() / a["update"][name].norm().clamp(min=1e-12)
         assert rel <= 1e-5, (name, rel.item())
     assert a["harmful_loss"] == pytest.approx(b["harmful_loss"], rel=1e-6)
+
+
+def test_pipeline_on_the_real_refusal_file(shared_data, tiny_lm, tiny_tokenizer, tmp_path):
+    """A pipeline check on real rows (not a claim): the RepNoise refusal file feeds both of Booster's data sets.
+
+    Alignment = prompt -> refusal, harmful = prompt -> harmful continuation, as Booster's code uses the BeaverTails file
+    of the same layout. The tiny model trains on them with finite losses and a positive harmful-loss drop.
+    """
+    from hf_immunize.data import load_refusal_file
+
+    rows = load_refusal_file(shared_data / "repnoise" / "decoding_trust_with_refusals_train.json").select(range(24))
+    alignment = rows.map(lambda r: {"completion": " " + r["refusal"]}, remove_columns=["harmful", "refusal"])
+    harmful = rows.map(lambda r: {"completion": " " + r["harmful"]}, remove_columns=["harmful", "refusal"])
+    before = _params(tiny_lm)
+    trainer = _booster(tiny_lm, tiny_tokenizer, alignment, harmful, tmp_path, max_length=128)
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logged) == 3
+    assert all(math.isfinite(e["booster/harmful_loss"]) and e["booster/harmful_loss_drop"] > 0 for e in logged)
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
