@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from hf_immunize.demo import DemoSettings, pretrain_safety_model, sft_align
+from hf_immunize.demo import DemoSettings, alignment_peft_config, pretrain_safety_model, sft_align
 from hf_immunize.evaluation.attack import AttackConfig, run_attack
 from hf_immunize.evaluation.report import ImmunizationReport, mean_std
 from hf_immunize.evaluation.sweep import sweep_attacks
@@ -291,7 +291,12 @@ def booster_align(model, tokenizer, world, settings: BenchSettings, output_dir):
         **CPU_TRAINING_DEFAULTS,
     )
     trainer = BoosterTrainer(
-        model=model, args=args, train_dataset=world.alignment, harmful_dataset=harmful, processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=world.alignment,
+        harmful_dataset=harmful,
+        processing_class=tokenizer,
+        peft_config=alignment_peft_config(settings),
     )
     trainer.train()
     return trainer.model

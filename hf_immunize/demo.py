@@ -38,9 +38,15 @@ class DemoSettings:
     batch_size: int = 16
     max_length: int = 64
     max_new_tokens: int = 24
+    # LoRA alignment (the Booster paper's setting) when set; None aligns all parameters.
+    align_lora_r: int | None = None
+    align_lora_alpha: int = 16
+    align_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def train_sft(model, tokenizer, dataset, output_dir, *, steps: int, lr: float, batch_size: int, seed: int, **kw):
+def train_sft(
+    model, tokenizer, dataset, output_dir, *, steps: int, lr: float, batch_size: int, seed: int, peft_config=None, **kw
+):
     """Plain SFT with TRL's `SFTTrainer` (text or prompt-completion rows); returns the trained model."""
     from trl import SFTTrainer
 
@@ -53,9 +59,26 @@ def train_sft(model, tokenizer, dataset, output_dir, *, steps: int, lr: float, b
         data_seed=seed,
         **kw,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     trainer.train()
     return trainer.model
+
+
+def alignment_peft_config(settings: DemoSettings):
+    """The LoRA config of alignment when `settings.align_lora_r` is set, else None (full-parameter alignment)."""
+    if settings.align_lora_r is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.align_lora_r,
+        lora_alpha=settings.align_lora_alpha,
+        target_modules=list(settings.align_lora_targets),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
 
 
 def pretrain_safety_model(world, settings: DemoSettings, output_dir: str | os.PathLike):
@@ -91,6 +114,7 @@ def sft_align(model, tokenizer, world, settings: DemoSettings, output_dir: str |
         batch_size=settings.batch_size,
         seed=settings.seed,
         max_length=settings.max_length,
+        peft_config=alignment_peft_config(settings),
     )
 
 
