@@ -639,8 +639,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 def test_pipeline_on_the_real_refusal_file(shared_data, tiny_lm, tiny_tokenizer, tmp_path):
     """A pipeline check on real rows (not a claim): the RepNoise refusal file feeds both of Booster's data sets.
 
-    Alignment = prompt -> refusal, harmful = prompt -> harmful continuation, as Booster's code uses the BeaverTails file
-    of the same layout. The tiny model trains on them with finite losses and a positive harmful-loss drop.
+    Alignment = prompt -> refusal, harmful = prompt -> harmful continuation (Booster reads a BeaverTails file of
+    the same layout). The tiny model trains on them with finite losses and a positive harmful-loss drop.
     """
     from hf_immunize.data import load_refusal_file
 

@@ -743,6 +743,35 @@ def test_classifier_full_and_lora_train_only_trainable_weights(
     assert logs["mlac/head_adjusted_loss"] <= math.log(2) + 1e-6
 
 
+@pytest.mark.parametrize("mode", ["all", "head", "lora"])
+def test_adversary_params_choose_what_the_adversary_adapts(
+    mode, tiny_classifier_path, tiny_tokenizer, world, gender, tmp_path
+):
+    from peft import LoraConfig
+
+    trainer = MLACTrainer(
+        model=_classifier(tiny_classifier_path),
+        args=_args(tmp_path, inner_steps=2, adversary_params=mode),
+        train_dataset=world.train,
+        harmful_dataset=gender,
+        processing_class=tiny_tokenizer,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"]) if mode == "lora" else None,
+    )
+    trainer.train()
+    model = trainer.model
+    outer = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    adapted, overrides = trainer._adversary_tensors(model, outer, trainer.last_episode)
+    head = next(n for n in adapted if adapted[n] is trainer.last_episode["head_init"])  # the fresh head, (2, H)
+    assert adapted[head].shape == (2, 64) and set(overrides) == {head.replace("weight", "bias")}
+    others = set(adapted) - {head}
+    if mode == "head":
+        assert others == set()
+    elif mode == "lora":
+        assert others and all("lora_" in n for n in others)
+    else:
+        assert others == {n for n, _ in model.named_parameters()} - {head, head.replace("weight", "bias")}
+
+
 @pytest.mark.parametrize(("peft", "bound"), [(False, "clamp"), (True, "entropy")], ids=["full-clamp", "lora-entropy"])
 def test_causal_lm_bounded_harmful_loss_full_and_lora(peft, bound, tiny_lm, tiny_tokenizer, tmp_path):
     from peft import LoraConfig
