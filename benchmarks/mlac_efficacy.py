@@ -405,7 +405,8 @@ def markdown(data: dict, world: str = "bios") -> str:
                 else "random base"
             )
             setting = (
-                f"seeds {st['seeds']}, {base}, K={st['inner_steps']} {st['meta_gradient']}, "
+                f"seeds {st['seeds']}, {base}, {st['train_steps']} steps, "
+                f"K={st['inner_steps']} {st['meta_gradient']}, "
                 f"c={st['adapted_loss_weight']} d={st['grad_norm_weight']} e={st['head_adjusted_loss_weight']}"
             )
 
@@ -426,6 +427,8 @@ def markdown(data: dict, world: str = "bios") -> str:
             f"Goals: MLAC attacker − random init = {check.get('mlac_attacker_minus_random_init')} points (goal ≤ 3: "
             f"{check.get('attacker_goal_met')}); pretrained − MLAC desired = "
             f"{check.get('pretrained_minus_mlac_desired')} points (goal ≤ 1: {check.get('desired_goal_met')}).",
+            "How to read these numbers (the undefended model is already below random init here): docs/mlac.md, "
+            "section Measured.",
         ]
     return "\n".join(lines) + "\n"
 
