@@ -25,8 +25,6 @@ keeping the other benchmarks' keys.
 
 from __future__ import annotations
 
-import os
-
 from hf_immunize.utils import set_offline_env  # before any HF import
 
 set_offline_env(override=False)
@@ -37,81 +35,13 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from speed_common import StepMemory, StepTimer, merge_into  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"
 GOALS = {"booster_exact_step_vs_sft": 3.1, "booster_fast_step_vs_sft": 2.15}
-
-
-class _StepTimer(TrainerCallback):
-    """CPU time and wall time of every optimizer step (from `on_step_begin` to `on_step_end`).
-
-    With one thread, the process's CPU time is the work of the step: unlike wall time, it does not grow when other
-    processes take turns on the same cores (our development machines are shared).
-    """
-
-    def __init__(self):
-        self.cpu: list[float] = []
-        self.wall: list[float] = []
-        self._start = (0.0, 0.0)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = (time.process_time(), time.perf_counter())
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.cpu.append(time.process_time() - self._start[0])
-        self.wall.append(time.perf_counter() - self._start[1])
-
-
-class _StepMemory(TrainerCallback):
-    """Peak bytes of one step: live tensors at its start + the peak of what it allocates (profiler events)."""
-
-    def __init__(self, step: int):
-        self.step = step
-        self.peak_bytes = None
-        self._profiler = None
-        self._baseline = 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            gc.collect()
-            self._baseline = _live_tensor_bytes()
-            self._profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-            )
-            self._profiler.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._profiler is None or self.peak_bytes is not None:
-            return
-        self._profiler.stop()
-        events = [e for e in self._profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
-        current = peak = 0
-        for event in sorted(events, key=lambda e: e.start_ns()):
-            current += event.nbytes()
-            peak = max(peak, current)
-        self.peak_bytes = self._baseline + peak
-        self._profiler = None
-
-
-def _live_tensor_bytes() -> int:
-    storages = {}
-    with warnings.catch_warnings():  # `isinstance` on some deprecated torch aliases warns
-        warnings.simplefilter("ignore")
-        objects = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-    for obj in objects:
-        try:
-            if obj.device.type == "cpu":
-                storage = obj.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
-        except Exception:  # objects that fail on inspection (e.g. half-built ones) are not our tensors
-            continue
-    return sum(storages.values())
 
 
 def _datasets(seed: int):
@@ -247,7 +177,7 @@ def run(settings) -> dict:
             shift = repeat % len(kinds)
             for kind in kinds[shift:] + kinds[:shift]:
                 trainer = _build(kind, settings, model_dir, tmp, alignment, harmful, tokenizer)
-                timer = _StepTimer()
+                timer = StepTimer()
                 trainer.add_callback(timer)
                 trainer.train()
                 per_step[kind].append(statistics.fmean(timer.cpu[settings.warmup :]))
@@ -264,7 +194,7 @@ def run(settings) -> dict:
         for kind in ("sft", "booster_exact", headline):  # one trainer alive at a time: the baseline is its own
             trainer = _build(kind, settings, model_dir, tmp, alignment, harmful, tokenizer)
             k = settings.headline_k  # a refresh step after warm-up (the first step also creates optimizer state)
-            meter = _StepMemory(step=-(-max(settings.warmup, 1) // k) * k)
+            meter = StepMemory(step=-(-max(settings.warmup, 1) // k) * k)
             trainer.add_callback(meter)
             trainer.train()
             peak[kind] = meter.peak_bytes
@@ -329,16 +259,6 @@ def run(settings) -> dict:
             "command": "python benchmarks/booster_speed.py",
         },
     }
-
-
-def merge_into(path: Path, results: dict) -> None:
-    """Updates our keys in the JSON file at `path`, keeping everything else; written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(path.read_text()) if path.is_file() and path.read_text().strip() else {}
-    existing.update(results)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

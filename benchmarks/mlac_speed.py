@@ -21,8 +21,6 @@ Writes `mlac_step_vs_plain` and `mlac_peak_mem_vs_plain` (objects keyed by mode,
 
 from __future__ import annotations
 
-import os
-
 from hf_immunize.utils import set_offline_env
 
 set_offline_env(override=False)  # before any Hugging Face library is imported
@@ -33,76 +31,16 @@ import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+from speed_common import StepMemory, StepTimer, merge_into  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"
 MODES = ("second_order", "first_order", "truncated")
 # max/min of first-order peak memory over the K > 0 runs must stay below this. K = 0 is left out: it has no inner
 # step at all, so no inner optimizer state or inner batch, a constant that K > 0 pays once, whatever K is.
 FIRST_ORDER_FLAT = 1.25
-
-
-class _StepTimer(TrainerCallback):
-    def __init__(self):
-        self.durations: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.durations.append(time.perf_counter() - self._start)
-
-
-class _StepMemory(TrainerCallback):
-    """Live tensor bytes when step `step` begins + the peak of the allocations it makes (profiler events)."""
-
-    def __init__(self, step: int):
-        self.step = step
-        self.peak_bytes: int | None = None
-        self._profiler = None
-        self._baseline = 0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            gc.collect()
-            self._baseline = _live_tensor_bytes()
-            self._profiler = torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-            )
-            self._profiler.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._profiler is None:
-            return
-        self._profiler.stop()
-        events = [e for e in self._profiler.profiler.kineto_results.events() if e.name() == "[memory]"]
-        current = peak = 0
-        for event in sorted(events, key=lambda e: e.start_ns()):
-            current += event.nbytes()
-            peak = max(peak, current)
-        self.peak_bytes = self._baseline + peak
-        self._profiler = None
-
-
-def _live_tensor_bytes() -> int:
-    storages = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
-    for tensor in tensors:
-        try:
-            if tensor.device.type == "cpu":
-                storage = tensor.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
-        except Exception:  # half-built or exotic tensors: not ours
-            continue
-    return sum(storages.values())
 
 
 def _configs(ks: list[int]) -> list[tuple[str, int]]:
@@ -179,17 +117,17 @@ def run(settings) -> dict:
             shift = repeat % len(configs)
             for kind, k in configs[shift:] + configs[:shift]:
                 trainer = _build(kind, k, settings, model_dir, tmp, train, harmful, tokenizer)
-                timer = _StepTimer()
+                timer = StepTimer()
                 trainer.add_callback(timer)
                 trainer.train()
-                per_step[(kind, k)].append(statistics.fmean(timer.durations[settings.warmup :]))
+                per_step[(kind, k)].append(statistics.fmean(timer.wall[settings.warmup :]))
                 print(f"repeat {repeat} {kind:>12} K={k:<3} {1000 * per_step[(kind, k)][-1]:8.1f} ms/step", flush=True)
                 del trainer
                 gc.collect()
         peak = {}
         for kind, k in configs:  # one trainer alive at a time: the live-tensor baseline is its own
             trainer = _build(kind, k, settings, model_dir, tmp, train, harmful, tokenizer)
-            meter = _StepMemory(step=1)  # the second step: optimizer state exists
+            meter = StepMemory(step=1)  # the second step: optimizer state exists
             trainer.add_callback(meter)
             trainer.train()
             peak[(kind, k)] = meter.peak_bytes
@@ -241,16 +179,6 @@ def run(settings) -> dict:
             "command": "python benchmarks/mlac_speed.py",
         },
     }
-
-
-def merge_into(path: Path, results: dict) -> None:
-    """Updates our keys in the JSON file at `path`, keeping everything else; written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = json.loads(path.read_text()) if path.is_file() and path.read_text().strip() else {}
-    existing.update(results)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
