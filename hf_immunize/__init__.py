@@ -13,6 +13,10 @@ _LAZY = {
     "BoosterTrainer": "hf_immunize.methods.booster",
     "MLACConfig": "hf_immunize.methods.mlac",
     "MLACTrainer": "hf_immunize.methods.mlac",
+    "UnlearnConfig": "hf_immunize.methods.unlearn",
+    "UnlearnTrainer": "hf_immunize.methods.unlearn",
+    "build_generic_labels": "hf_immunize.methods.unlearn",
+    "run_whp_pipeline": "hf_immunize.methods.unlearn",
 }
 
 __all__ = ["__version__", *_LAZY]
