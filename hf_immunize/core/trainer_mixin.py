@@ -19,13 +19,21 @@ class MyTrainer(ImmunizeTrainerMixin, SFTTrainer):
   processes, the normaliser that makes a token-sum loss independent of how the window is cut.
 - **Checkpoints.** A method's extra state (e.g. the harmful stream of :mod:`hf_immunize.core.paired`) is saved beside
   the RNG state of every checkpoint (one file per process) and loaded again by `train(resume_from_checkpoint=...)`.
-- **Model card.** `create_model_card` renders `model_cards/base.md` through :mod:`hf_immunize.model_card`.
+- **Model card.** `create_model_card` renders `model_cards/base.md` (plus the method's section) through
+  :mod:`hf_immunize.model_card`, at every checkpoint and on `push_to_hub`, with the report attached by
+  `set_immunization_report`. A trainer may override the `_card_*` hooks: `_card_method`, `_card_hyperparameters`,
+  `_card_training_hyperparameters`, `_card_training_data`, `_card_method_description`, `_card_limitations`,
+  `_card_template_context`.
+- **Push.** `push_to_hub` uploads `output_dir` without pickles and turns network failures into a `ConnectionError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -196,9 +204,69 @@ class ImmunizeTrainerMixin:
 
     # ---- model card -------------------------------------------------------------------------------------------
 
+    def set_immunization_report(self, report) -> None:
+        """Attaches an immunization report to every card this trainer writes (checkpoints, `push_to_hub`).
+
+        `report`: an :class:`~hf_immunize.evaluation.report.ImmunizationReport`, its dict, its JSON file, or the
+        folder `ImmunizationReport.save` wrote (its PNG is then copied, not redrawn); None detaches it. The card gets
+        the attack settings and the before/after table, and the plot is written next to it as
+        `immunization_report.png`.
+        """
+        from hf_immunize.model_card import load_report
+
+        if report is not None:
+            load_report(report)  # a bad path or dict fails here, not at the next checkpoint
+        self._immunization_report = report
+
+    @property
+    def immunization_report(self):
+        """The report attached by :meth:`set_immunization_report` (as given), or None."""
+        return getattr(self, "_immunization_report", None)
+
+    def _card_method(self) -> str | None:
+        """Key of the method's section template in `model_cards/` (default: the first tag that has one)."""
+        from hf_immunize.model_card import section_template
+
+        return next((t for t in self._tag_names if t != "hf-immunize" and section_template(t)), None)
+
     def _card_hyperparameters(self) -> dict:
-        """Method hyperparameters shown on the card; override to list the method's own config fields."""
+        """Method hyperparameters shown on the card; override to list the method's own config fields.
+
+        By default: the fields the trainer's config adds to its TRL/transformers base class, where they differ from
+        their defaults.
+        """
+        return _non_default_fields(self.args, _method_fields(type(self.args)))
+
+    def _card_training_hyperparameters(self) -> dict:
+        """Trainer settings (learning rate, steps, batch size, ...) that differ from the config class's defaults."""
+        return _non_default_fields(self.args, _TRAINING_FIELDS)
+
+    def _card_training_data(self, dataset_names: list[str]) -> list[str]:
+        """Lines of the card's training-data section; override to add the method's extra datasets."""
+        from hf_immunize.model_card import is_local_path
+
+        lines = [f"`{name}`" for name in dataset_names if not is_local_path(name)]
+        for attr, label in (("train_dataset", "training set"), ("eval_dataset", "evaluation set")):
+            dataset = getattr(self, attr, None)
+            if dataset is not None and not isinstance(dataset, dict) and hasattr(dataset, "__len__"):
+                lines.append(f"{label}: {len(dataset)} rows")
+        return lines
+
+    def _card_method_description(self) -> str | None:
+        """What the method does; None uses the method's section template."""
+        return None
+
+    def _card_limitations(self) -> str | None:
+        """Known limitations; None uses the method's section template."""
+        return None
+
+    def _card_template_context(self) -> dict:
+        """Variables for the method's section template (e.g. `alpha`, `dictionary_size` for unlearning)."""
         return {}
+
+    def _card_model_name(self) -> str:
+        hub_id = self.args.hub_model_id
+        return hub_id.split("/")[-1] if hub_id else Path(self.args.output_dir).name
 
     def create_model_card(
         self,
@@ -209,26 +277,195 @@ class ImmunizeTrainerMixin:
     ) -> None:
         """Writes `output_dir/README.md` from our card template (TRL's template lookup cannot reach our files).
 
-        Also takes `Trainer.create_model_card`'s `license` and `finetuned_from` (passed on by `push_to_hub`).
+        Also takes `Trainer.create_model_card`'s `license` and `finetuned_from` (passed on by `push_to_hub`), and
+        `report` (see :meth:`set_immunization_report`). With a report attached, its plot and JSON are written beside
+        the card.
         """
-        if not self.is_world_process_zero():
+        if not self.is_world_process_zero() or getattr(self, "_card_written_by_checkpoint_hook", False):
             return
-        from hf_immunize.model_card import render_model_card
+        from hf_immunize.model_card import write_model_card
 
+        report = kwargs.get("report", kwargs.get("immunization_report"))
+        if report is not None:
+            self.set_immunization_report(report)
         name_or_path = getattr(getattr(self.model, "config", None), "_name_or_path", "") or ""
-        base_model = kwargs.get("finetuned_from") or name_or_path
-        base_model = base_model if base_model and not os.path.isdir(base_model) else None
+        base_model = kwargs.get("finetuned_from") or name_or_path or None
         user_tags = [tags] if isinstance(tags, str) else list(tags or [])
         dataset_names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
-        card = render_model_card(
-            model_name or os.path.basename(os.path.normpath(self.args.output_dir)),
+        write_model_card(
+            self.args.output_dir,
+            model_name or self._card_model_name(),
+            report=self.immunization_report,
             base_model=base_model,
             datasets=dataset_names or None,
             tags=list(dict.fromkeys([*self._tag_names, *user_tags])),
+            method=self._card_method(),
             method_title=self._name,
+            method_description=self._card_method_description(),
             paper=self._paper,
             license=kwargs.get("license"),
+            training_data=self._card_training_data(dataset_names) or None,
             hyperparameters=self._card_hyperparameters() or None,
+            training_hyperparameters=self._card_training_hyperparameters() or None,
+            config_class=type(self.args).__name__,
+            limitations=self._card_limitations(),
+            section_context=self._card_template_context(),
+            secrets=[self.args.hub_token] if self.args.hub_token else (),
         )
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        card.save(os.path.join(self.args.output_dir, "README.md"))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # The card (with the attached report) is written at every checkpoint, before the checkpoint may be pushed;
+        # TRL's own hook in `SFTTrainer._save_checkpoint` is muted so the card is rendered once.
+        self.create_model_card(model_name=self._card_model_name())
+        self._card_written_by_checkpoint_hook = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._card_written_by_checkpoint_hook = False
+
+    # ---- push to the Hub --------------------------------------------------------------------------------------
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """`Trainer.push_to_hub` (save, card, upload `output_dir`) that uploads no pickle and explains network errors.
+
+        Uploaded: the safetensors weights, config, tokenizer, `README.md` and the report's plot and JSON. Left out,
+        besides the Trainer's `_*` and `checkpoint-*`: `*.bin`, `*.pt`, `*.pth`, `*.pkl` (e.g. `training_args.bin`,
+        a pickle that holds `hub_token` when one was given). `kwargs` go to :meth:`create_model_card` (`model_name`,
+        `dataset_name`, `tags`, `license`, `finetuned_from`, `report`).
+        """
+        from transformers.utils.hub import hf_api
+
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        model_name = kwargs.pop("model_name", None)
+        if model_name is None and self.args.should_save:
+            model_name = self._card_model_name()
+        token = token if token is not None else self.args.hub_token
+        with _hub_errors(self.args.hub_model_id or Path(self.args.output_dir).name):
+            if self.hub_model_id is None:
+                self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        tags = kwargs.pop("tags", None)
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [t for t in (getattr(self.model, "model_tags", None) or []) if t not in tags]
+        self.create_model_card(model_name=model_name, tags=tags or None, **kwargs)
+        self._finish_current_push()
+        with _hub_errors(self.hub_model_id):
+            return hf_api().upload_folder(
+                repo_id=self.hub_model_id,
+                folder_path=self.args.output_dir,
+                commit_message=commit_message,
+                token=token,
+                run_as_future=not blocking,
+                ignore_patterns=list(_PUSH_IGNORE),
+                revision=revision if revision is not None else self.args.hub_revision,
+            )
+
+
+# Never uploaded by `push_to_hub`: the Trainer's own exclusions, then pickles (weights go as safetensors).
+_PUSH_IGNORE = ("_*", "checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl")
+
+# TrainingArguments / SFTConfig fields that shape the optimisation and so belong on a card when not at their default.
+_TRAINING_FIELDS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "label_smoothing_factor",
+    "seed",
+    "bf16",
+    "fp16",
+    "max_length",
+    "packing",
+    "completion_only_loss",
+    "assistant_only_loss",
+    "loss_type",
+)
+
+
+def _method_fields(config_class: type) -> tuple[str, ...]:
+    """Fields a config adds to the first TRL or transformers class among its bases."""
+    import dataclasses
+
+    base = next(
+        (c for c in config_class.__mro__ if c.__module__.split(".")[0] in ("trl", "transformers")),
+        None,
+    )
+    if base is None or not dataclasses.is_dataclass(config_class):
+        return ()
+    inherited = {f.name for f in dataclasses.fields(base)}
+    return tuple(f.name for f in dataclasses.fields(config_class) if f.name not in inherited)
+
+
+def _non_default_fields(args, names) -> dict:
+    """`{name: value}` of the dataclass fields `names` of `args` whose value differs from the field's default."""
+    import dataclasses
+    import enum
+
+    def plain(value):
+        return value.value if isinstance(value, enum.Enum) else value
+
+    declared = {f.name: f for f in dataclasses.fields(args)} if dataclasses.is_dataclass(args) else {}
+    out = {}
+    for name in names:
+        field = declared.get(name)
+        if field is None or not field.init:
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = plain(getattr(args, name))
+        if default is dataclasses.MISSING or value != plain(default):
+            out[name] = value
+    return out
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str | None):
+    """Turns a connection failure or offline mode during a Hub call into one clear `ConnectionError`."""
+    try:
+        yield
+    except Exception as err:
+        from huggingface_hub import constants
+        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+        chain, cause = [], err
+        while cause is not None and len(chain) < 8:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        names = {type(e).__name__ for e in chain}
+        if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
+            raise ConnectionError(
+                f"push_to_hub({repo_id!r}): the Hugging Face Hub is disabled by HF_HUB_OFFLINE=1; unset it to push."
+            ) from err
+        unreachable = any(isinstance(e, ConnectionError | TimeoutError | socket.gaierror) for e in chain) or bool(
+            names & {"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "NetworkError"}
+        )
+        if unreachable and not isinstance(err, HfHubHTTPError):  # an HTTP error means the server did answer
+            raise ConnectionError(
+                f"push_to_hub({repo_id!r}): cannot reach the Hugging Face Hub at {constants.ENDPOINT} "
+                f"({type(err).__name__}: {err}). Check the network, `HF_ENDPOINT`, or push later with "
+                "`trainer.push_to_hub()`."
+            ) from err
+        raise
