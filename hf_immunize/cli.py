@@ -7,6 +7,8 @@ import sys
 
 # command -> (module with `main(argv)`, one-line help). Commands join this table as they land.
 COMMANDS = {
+    "booster": ("hf_immunize.commands.booster", "Booster alignment from a YAML recipe (also scripts/booster.py)"),
+    "mlac": ("hf_immunize.commands.mlac", "MLAC self-destructing training from a YAML recipe (also scripts/mlac.py)"),
     "demo": ("hf_immunize.demo", "the short efficacy benchmark on the offline safety world (make demo)"),
     "attack": (
         "hf_immunize.evaluation.attack_cli",

@@ -564,6 +564,7 @@ def test_tiny_recipe_trains_on_cpu(tmp_path):
     recipe, _ = _recipe("booster_tiny.yaml")
     model = tiny_causal_lm(**recipe.pop("tiny_model"))
     world = make_safety_world(**recipe.pop("toy_world"))
+    assert recipe.pop("dataset_name") == "toy"
     harmful = world.alignment_harmful.map(
         lambda r: {"completion": r["harmful"]}, remove_columns=["harmful", "refusal"]
     )
