@@ -104,7 +104,7 @@ def pretrain_gender_aware(settings: Settings, seed: int, world, tokenizer, outpu
     """Stage 0: train a 2P-way classifier on profession x gender, then reload its trunk under a fresh P-way head."""
     from transformers import AutoModelForSequenceClassification, PrinterCallback, Trainer, TrainingArguments
 
-    from hf_immunize.methods.mlac.mlac_trainer import PadCollator
+    from hf_immunize.data.tokenize import PadCollator
 
     classes = len(world.professions)
     joint = _base_model(settings, seed, 2 * classes)
@@ -150,7 +150,7 @@ def _common_args(settings: Settings, seed: int, output_dir: str) -> dict:
 def train_pretrained(model, tokenizer, train, settings: Settings, seed: int, output_dir: str):
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    from hf_immunize.methods.mlac.mlac_trainer import PadCollator
+    from hf_immunize.data.tokenize import PadCollator
 
     columns = ["input_ids", "attention_mask", "label"]
     tokenized = train.map(

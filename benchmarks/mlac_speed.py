@@ -51,7 +51,7 @@ def _build(kind: str, k: int, settings, model_dir: Path, output_dir: str, train,
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
     from hf_immunize import MLACConfig, MLACTrainer
-    from hf_immunize.methods.mlac.mlac_trainer import PadCollator
+    from hf_immunize.data.tokenize import PadCollator
 
     common = dict(
         output_dir=output_dir,

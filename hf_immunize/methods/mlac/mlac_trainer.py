@@ -31,6 +31,7 @@ from transformers.trainer_utils import _is_peft_model, unwrap_peft_model
 from hf_immunize.core.paired import build_paired_stream
 from hf_immunize.core.perturbation import GradientBuffer, preserved_rng
 from hf_immunize.core.trainer_mixin import ImmunizeTrainerMixin
+from hf_immunize.data.tokenize import PadCollator, pad_token_id_of, tokenize_rows
 from hf_immunize.methods.mlac.inner_loop import (
     FunctionalAdam,
     FunctionalSGD,
@@ -156,14 +157,15 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
         self.reset_head = self.weights.pop("reset_head")
         _check_attention(model, args, self.weights["d"])
 
-        train_dataset = _tokenize(train_dataset, processing_class, self.task, args.max_length, "train_dataset")
-        eval_dataset = _tokenize(eval_dataset, processing_class, self.task, args.max_length, "eval_dataset")
-        harmful_dataset = _tokenize(harmful_dataset, processing_class, self.task, args.max_length, "harmful_dataset")
+        tokenize_args = (processing_class, self.task, args.max_length)
+        train_dataset = tokenize_rows(train_dataset, *tokenize_args, "train_dataset")
+        eval_dataset = tokenize_rows(eval_dataset, *tokenize_args, "eval_dataset")
+        harmful_dataset = tokenize_rows(harmful_dataset, *tokenize_args, "harmful_dataset")
         self.adversary_num_labels = None
         if self.task == "classification":
             self.adversary_num_labels = _harmful_classes(harmful_dataset, args, model, self.reset_head)
         if data_collator is None:
-            data_collator = PadCollator(_pad_token_id(processing_class, model))
+            data_collator = PadCollator(pad_token_id_of(processing_class, model))
 
         super().__init__(
             model=model,
@@ -569,73 +571,6 @@ def _harmful_classes(harmful: Dataset, args: MLACConfig, model, reset_head: bool
                 f"outputs), but the blocked task has {classes} classes."
             )
     return max(classes, 2)
-
-
-def _pad_token_id(processing_class, model) -> int:
-    pad = getattr(processing_class, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    return int(pad) if pad is not None else 0
-
-
-class PadCollator:
-    """Pads `input_ids` (pad id), `labels` (-100) and masks (0) to the longest row; `label` becomes `labels`."""
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {}
-        for key in rows[0]:
-            name = "labels" if key in ("label", "label_ids") else key
-            values = [row[key] for row in rows]
-            if not isinstance(values[0], list | tuple | torch.Tensor) or torch.as_tensor(values[0]).dim() == 0:
-                batch[name] = torch.as_tensor(values)  # (B,)
-                continue
-            pad = self.pad_token_id if key == "input_ids" else (-100 if name == "labels" else 0)
-            width = max(len(v) for v in values)
-            batch[name] = torch.tensor([list(v) + [pad] * (width - len(v)) for v in values])  # (B, T)
-        return batch
-
-
-def _tokenize(dataset, tokenizer, task: str, max_length: int, name: str):
-    """Raw rows → token ids with labels (already tokenized datasets pass through unchanged)."""
-    if dataset is None or not isinstance(dataset, Dataset) or "input_ids" in dataset.column_names:
-        return dataset
-    if len(dataset) == 0:
-        raise ValueError(f"`{name}` is empty.")
-    columns = set(dataset.column_names)
-    if tokenizer is None:
-        raise ValueError(f"`{name}` holds raw text ({sorted(columns)}): pass `processing_class` (the tokenizer).")
-    if task == "classification":
-        label = "label" if "label" in columns else "labels"
-        if "text" not in columns or label not in columns:
-            raise ValueError(f"`{name}` needs `text` and `label` columns for a classifier, got {sorted(columns)}.")
-
-        def encode(rows):
-            out = tokenizer(rows["text"], truncation=True, max_length=max_length)
-            return {**out, "labels": rows[label]}
-
-        return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    if {"prompt", "completion"} <= columns:
-
-        def encode_pair(row):
-            prompt = tokenizer(row["prompt"])["input_ids"]
-            completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + eos
-            ids = (prompt + completion)[:max_length]
-            labels = ([-100] * len(prompt) + completion)[:max_length]
-            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-        return dataset.map(encode_pair, remove_columns=dataset.column_names)
-    if "text" in columns:
-
-        def encode_text(row):
-            ids = (tokenizer(row["text"])["input_ids"] + eos)[:max_length]
-            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
-
-        return dataset.map(encode_text, remove_columns=dataset.column_names)
-    raise ValueError(f"`{name}` needs `prompt`/`completion` or `text` columns for a causal LM, got {sorted(columns)}.")
 
 
 def _as_mlac_config(args, model) -> MLACConfig:
