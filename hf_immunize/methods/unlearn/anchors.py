@@ -41,7 +41,9 @@ def merge_anchored_terms(raw: dict) -> dict[str, list[str]]:
         if not cleaned:
             raise ValueError(f"anchored term {key!r} has only empty substitutes: {values!r}.")
         bucket = merged.setdefault(key.strip(), [])
-        bucket += [v for v in cleaned if v not in bucket]
+        for value in cleaned:
+            if value not in bucket:
+                bucket.append(value)
     keys = set(merged)
     out = {}
     for key, values in merged.items():
@@ -137,6 +139,8 @@ class TranslatedBlock:
         inserted: `(j, first tokens)` for every inserted substitute starting at translated index j; those tokens are
             forbidden at translated positions > j.
         choices: key -> chosen substitute index, for the keys that occur in the block.
+        spans: `(i, k, j, m, repeated)` per replaced term: key at original `i` (k tokens), value at translated `j`
+            (m tokens), and whether the key occurred earlier in the block.
     """
 
     original: list[int]
@@ -144,6 +148,7 @@ class TranslatedBlock:
     mapping: list[int]
     inserted: list[tuple[int, list[int]]] = field(default_factory=list)
     choices: dict[str, int] = field(default_factory=dict)
+    spans: list[tuple[int, int, int, int, bool]] = field(default_factory=list)
 
 
 def translate_block(original, index: AnchorIndex | None, rng: np.random.Generator) -> TranslatedBlock:
@@ -155,6 +160,7 @@ def translate_block(original, index: AnchorIndex | None, rng: np.random.Generato
     t: list[int] = []
     mapping = [-1] * len(o)
     inserted: list[tuple[int, list[int]]] = []
+    spans: list[tuple[int, int, int, int, bool]] = []
     choices: dict[int, int] = {}
     i = 0
     while i < len(o):
@@ -165,7 +171,8 @@ def translate_block(original, index: AnchorIndex | None, rng: np.random.Generato
             i += 1
             continue
         kid, k, prefix = hit
-        if kid in choices:
+        repeated = kid in choices
+        if repeated:
             if i > 0:  # the token before a repeated anchor would be taught to predict the anchor itself
                 mapping[i - 1] = -1
         else:
@@ -177,5 +184,7 @@ def translate_block(original, index: AnchorIndex | None, rng: np.random.Generato
         mapping[i + k - 1] = j + m - 1  # last key token <-> last value token: both predict what follows the term
         t.extend(value)
         inserted.append((j, index.first_tokens(kid, vid)))
+        spans.append((i, k, j, m, repeated))
         i += k
-    return TranslatedBlock(o, t, mapping, inserted, {index.keys[kid]: v for kid, v in choices.items()})
+    choices_by_key = {index.keys[kid]: v for kid, v in choices.items()}
+    return TranslatedBlock(o, t, mapping, inserted, choices_by_key, spans)
