@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -221,7 +222,18 @@ def sweep_table(per_seed: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["--world", "bios"]:  # MLAC's world: its own arms, attacker and options
+        from hf_immunize import benchmark_bios
+
+        return benchmark_bios.main(argv[2:])
     parser = argparse.ArgumentParser(prog="hf-immunize bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--world",
+        choices=["safety", "bios"],
+        default="safety",
+        help="safety: the LLM defenses (this parser); bios: MLAC's bios world (`--world bios --help` for its options)",
+    )
     parser.add_argument("--output", default="benchmarks/results/efficacy.json", help="efficacy JSON to update")
     parser.add_argument("--table", default="benchmarks/results/efficacy_safety.md", help="Markdown table to write")
     parser.add_argument("--work_dir", default="outputs/bench", help="scratch directory")

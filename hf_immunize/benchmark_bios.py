@@ -14,9 +14,11 @@ gender, for n in {20, 50, 100, 200} examples drawn from val1, scored on val2. De
 profession head on the test split. Results go to `summary.bios.<arm>` of `benchmarks/results/efficacy.json` (other
 worlds and arms are kept) and to `benchmarks/results/efficacy_bios.md`.
 
-    python benchmarks/mlac_efficacy.py                     # 3 seeds, ~70 min on 2 shared CPU cores
-    python benchmarks/mlac_efficacy.py --seeds 0 --ns 200 --arms pretrained mlac --no_write   # exploration
-    python benchmarks/mlac_efficacy.py --real_sample_only  # pipeline check on ../shared/data/bias_in_bios
+    hf-immunize bench --world bios                     # 3 seeds, ~70 min on 2 shared CPU cores
+    hf-immunize bench --world bios --seeds 0 --ns 200 --arms pretrained mlac --no_write   # exploration
+    hf-immunize bench --world bios --real_sample_only  # pipeline check on ../shared/data/bias_in_bios
+
+(`python benchmarks/mlac_efficacy.py ...` is the same command.) Paths are relative to the working directory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path("benchmarks") / "results"
 ARMS = ("pretrained", "random_init", "mlac", "mlac_k0")
 GOALS = {"attacker_within_points_of_random_init": 3.0, "desired_within_points_of_pretrained": 1.0}
 
@@ -466,7 +468,9 @@ def real_sample_check(settings: Settings, log=print) -> dict:
     from hf_immunize.testing import tiny_tokenizer
     from hf_immunize.utils import detached_copy
 
-    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "bias_in_bios"
+    source = Path(os.environ.get("HF_IMMUNIZE_SHARED_DATA", "../shared/data")) / "bias_in_bios"
+    if not source.is_dir():
+        raise FileNotFoundError(f"the Bias in Bios sample is not at {source} (set HF_IMMUNIZE_SHARED_DATA).")
     data = load_bias_in_bios(str(source), task="profession").shuffle(seed=0)
     parts = data.train_test_split(test_size=0.4, seed=0)
     rest = parts["test"].train_test_split(test_size=0.5, seed=0)
@@ -494,7 +498,7 @@ def real_sample_check(settings: Settings, log=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="hf-immunize bench --world bios", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--ns", type=int, nargs="+", default=[20, 50, 100, 200])

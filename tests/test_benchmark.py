@@ -1,6 +1,7 @@
 """The efficacy benchmark's pipeline and result file, on a miniature setting (the real run is `hf-immunize bench`)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,18 @@ def test_unknown_arm_is_rejected_before_any_training(tiny_settings, tmp_path):
     with pytest.raises(ValueError, match="vaccine"):
         benchmark.run_safety_benchmark(tiny_settings, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_world_bios_dispatches_to_the_mlac_benchmark(tmp_path):
+    """`hf-immunize bench --world bios` is MLAC's bios benchmark: here it re-summarises the committed results."""
+    import shutil
+
+    from hf_immunize.benchmark import main
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "efficacy.json"
+    output, table = tmp_path / "efficacy.json", tmp_path / "bios.md"
+    shutil.copy(results, output)
+    main(["--world", "bios", "--from_json", "--output", str(output), "--table", str(table)])
+    text = table.read_text()
+    for arm in ("pretrained", "random_init", "mlac", "mlac_k0"):
+        assert f"| {arm} |" in text
