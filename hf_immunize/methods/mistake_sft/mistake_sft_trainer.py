@@ -75,11 +75,6 @@ class MistakeSFTTrainer(ImmunizeTrainerMixin, SFTTrainer):
     }
     # SFT's loss is a token sum over `num_items_in_batch`, which __init__ makes the Trainer always count.
     loss_is_scaled_for_ga = True
-    _card_limitations = (
-        "Mistake analysis needs a base model that can already critique harmful answers (step 2 uses the model's own "
-        "analyses) and follow the harmless cue at inference (step 4). The templates are our own equivalents of the "
-        "paper's, which were not published; without the cue at inference the method is not expected to help."
-    )
 
     def __init__(
         self,
@@ -139,16 +134,21 @@ class MistakeSFTTrainer(ImmunizeTrainerMixin, SFTTrainer):
 
     def _card_hyperparameters(self) -> dict:
         args = self.args
-        card = {
+        return {
             "mistake_source": args.mistake_source,
             "helpful_ratio": args.helpful_ratio,
-            "respond_cue (step 4)": args.respond_cue,
             "induce_cue (step 1)": args.induce_cue,
+            "analysis_cue (step 2)": args.analysis_cue,
+            "respond_cue (step 4)": args.respond_cue,
             "cue_position": args.cue_position,
         }
-        for key, value in self.source_counts.get("train", {}).items():
-            card[f"train rows: {key}"] = value
-        return card
+
+    def _card_training_data(self, dataset_names: list[str]) -> list[str]:
+        lines = super()._card_training_data(dataset_names)
+        counts = self.source_counts.get("train")
+        if counts:  # the realised mix of the training set (invariant 4 of the spec)
+            lines.append("training rows by source: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return lines
 
 
 def _prompts_of(dataset) -> list[str]:
