@@ -17,6 +17,12 @@ _LAZY = {
     "UnlearnTrainer": "hf_immunize.methods.unlearn",
     "build_generic_labels": "hf_immunize.methods.unlearn",
     "run_whp_pipeline": "hf_immunize.methods.unlearn",
+    "MistakeSFTConfig": "hf_immunize.methods.mistake_sft",
+    "MistakeSFTTrainer": "hf_immunize.methods.mistake_sft",
+    "build_mistake_dataset": "hf_immunize.methods.mistake_sft",
+    "generate_analyses": "hf_immunize.methods.mistake_sft",
+    "guided_generate": "hf_immunize.methods.mistake_sft",
+    "induce_mistakes": "hf_immunize.methods.mistake_sft",
 }
 
 __all__ = ["__version__", *_LAZY]
