@@ -517,6 +517,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no_write", action="store_true", help="print only (exploration)")
     parser.add_argument("--summary_json", type=Path, default=None, help="also dump this run's summary here")
     parser.add_argument("--real_sample_only", action="store_true", help="only the Bias in Bios sample check")
+    parser.add_argument("--attack_steps", type=int, nargs="+", default=[150], help="attacker step counts searched")
+    parser.add_argument("--attack_budget", type=int, default=8, help="attacker trials per search")
     parser.add_argument("--exploration_tag", default=None, help="store under exploration.bios.<tag>, not summary")
     parser.add_argument("--from_json", action="store_true", help="re-summarise per_seed.bios of --output, no runs")
     parser.add_argument("--import_exploration", type=Path, default=None, help="a --summary_json dump to store")
@@ -542,6 +544,8 @@ def main(argv: list[str] | None = None) -> dict:
         grad_norm_weight=cli.grad_norm_weight,
         learn_inner_learning_rate=not cli.no_learned_lr,
         pretrain_gender_steps=cli.pretrain_gender_steps,
+        attack_steps=cli.attack_steps,
+        attack_budget=cli.attack_budget,
     )
     if cli.from_json:
         data = json.loads(cli.output.read_text())

@@ -185,3 +185,16 @@ def test_accelerate_launch_two_processes_end_with_identical_weights(method, tmp_
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(weight, ranks[1]["weights"][name]), name
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2"])
+def test_accelerate_configs_load_and_state_which_methods_they_serve(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = RECIPES / "accelerate" / f"{name}.yaml"
+    config = ClusterConfig(**yaml.safe_load(path.read_text()))
+    assert config.num_machines == 1 and config.num_processes > 1
+    header = path.read_text().split("compute_environment")[0]
+    if name != "ddp":  # the sharded backends: what is refused and what is untested is said in the file
+        assert "Refused" in header and "BoosterTrainer" in header and "MLACTrainer" in header
+        assert "UNTESTED" in header
