@@ -132,5 +132,6 @@ def run_whp_pipeline(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    trainer.whp_card_context["dictionary_size"] = len(terms)
     trainer.train()
     return trainer, labelled

@@ -67,18 +67,11 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
     ['unlearn/forget_nll', 'unlearn/retain_nll']
     """
 
-    _tag_names = ["hf-immunize", "unlearning", "whp"]
+    _tag_names = ["hf-immunize", "unlearn", "unlearning", "whp"]  # "unlearn" selects model_cards/unlearn.md
     _name = "Unlearn (Who's Harry Potter)"
     _paper = {"title": "Who's Harry Potter? Approximate Unlearning in LLMs", "id": "2310.02238", "citation": _CITATION}
     # Every loss is a sum over the window's label tokens (or NPO's sequences) divided by their count for the window.
     loss_is_scaled_for_ga = True
-    _card_limitations = (
-        "WHP suppresses generation of the target's specific entities and continuations; it does not remove "
-        "knowledge. MUSE (Shi et al., arXiv 2407.06460) finds that it lowers verbatim memorisation but barely "
-        "changes knowledge QA on Books and over-unlearns (large positive PrivLeak); Lynch et al. (arXiv 2402.16835) "
-        "extract book knowledge from the released WHP model with adversarial prompts and latent probes. No privacy, "
-        "robustness or legal-erasure claim is made."
-    )
 
     def __init__(
         self,
@@ -159,6 +152,8 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
         if args.loss_type == "npo" and not hasattr(self.model, "disable_adapter"):
             self.ref_model = ref_model if ref_model is not None else self._frozen_copy()
         self._window: dict = {}
+        # Card facts the trainer cannot see (set by `run_whp_pipeline`): forget corpus name, dictionary size.
+        self.whp_card_context: dict = {}
 
     def _frozen_copy(self):
         from trl.trainer.utils import add_fused_lm_head
@@ -251,6 +246,16 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
         if args.loss_type in ("grad_diff", "npo"):
             out.update({"forget_weight (γ)": args.forget_weight, "retain_weight": args.retain_weight})
         return out
+
+    def _card_template_context(self) -> dict:
+        # Limitations (MUSE, Lynch et al.) come from the section template, model_cards/unlearn.md.
+        context = {"grader": None, **self.whp_card_context}
+        if self.args.loss_type == "whp":
+            context.setdefault("alpha", self.args.whp_alpha)
+        context.setdefault("alpha", None)
+        context.setdefault("dictionary_size", None)
+        context.setdefault("forget_corpus", None)
+        return context
 
 
 def _as_unlearn_config(args, model) -> UnlearnConfig:

@@ -1,0 +1,341 @@
+"""UnlearnTrainer: config checks, every loss_type (full and LoRA), exact gradient accumulation, resume, the WHP
+pipeline end to end, and the unlearning evaluation."""
+
+import math
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from hf_immunize import UnlearnConfig, UnlearnTrainer
+from hf_immunize.core.trainer_mixin import check_trainer_declarations
+from hf_immunize.data.toy import make_book_world
+from hf_immunize.evaluation.unlearning import (
+    evaluate_unlearning,
+    grade_familiarity,
+    lm_eval_tasks,
+    probability_familiarity,
+)
+from hf_immunize.methods.unlearn import build_generic_labels, run_whp_pipeline
+from hf_immunize.utils import sft_config
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_book_world(seed=0, n_passages=40)
+
+
+@pytest.fixture(scope="module")
+def labelled(world, tiny_tokenizer, tiny_lm_path):
+    """Generic labels of the toy book, with B a tiny model and R a perturbed copy (uneven label counts per block)."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    other = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return build_generic_labels(
+        other, tiny_tokenizer, world.forget["text"], world.anchored_terms, baseline=base, block_size=32
+    )
+
+
+def _config(output_dir, **overrides):
+    kwargs = dict(
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_length=64,
+        seed=0,
+        use_cpu=True,
+        activation_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        block_size=32,
+    )
+    kwargs.update(overrides)
+    return UnlearnConfig(**kwargs)
+
+
+def _trainer(model, tokenizer, world, labelled, output_dir, peft_config=None, **overrides):
+    args = _config(output_dir, **overrides)
+    train = labelled if args.loss_type == "whp" else world.forget
+    return UnlearnTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        retain_dataset=world.retain if args.needs_retain else None,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ---- configuration ------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_cpu_safe_precision(tmp_path):
+    args = UnlearnConfig(output_dir=str(tmp_path))
+    assert (args.loss_type, args.whp_alpha, args.whp_extra_alphas, args.block_size) == ("whp", 5.0, [2.5, 10.0], 512)
+    assert (args.npo_beta, args.forget_weight, args.retain_weight, args.forbid_value) == (0.1, 1.0, 1.0, "mean")
+    assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert not args.needs_retain and UnlearnConfig(output_dir=str(tmp_path), loss_type="npo").needs_retain
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("loss_type", "gradient_ascent"),
+        ("whp_alpha", 0.0),
+        ("whp_alpha", -5.0),
+        ("whp_alpha", float("nan")),
+        ("whp_extra_alphas", [2.5, -1.0]),
+        ("block_size", 1),
+        ("forbid_value", "zero"),
+        ("npo_beta", 0.0),
+        ("npo_beta", -0.1),
+        ("forget_weight", float("inf")),
+        ("retain_weight", -1.0),
+        ("retain_batch_size", 0),
+        ("label_smoothing_factor", 0.1),
+    ],
+)
+def test_config_rejects_bad_values_naming_field_and_value(field, value, tmp_path):
+    with pytest.raises(ValueError, match=rf"`{field}`.*{re.escape(str(value)[:4])}"):
+        UnlearnConfig(output_dir=str(tmp_path), **{field: value})
+
+
+def test_trainer_checks_its_datasets_before_any_compute(tiny_lm, tiny_tokenizer, world, tmp_path):
+    with pytest.raises(ValueError, match="`retain_dataset` is required by loss_type='grad_diff'"):
+        UnlearnTrainer(model=tiny_lm, args=_config(tmp_path, loss_type="grad_diff"), train_dataset=world.forget)
+    with pytest.raises(ValueError, match="loss_type='whp'.*no retain term"):
+        UnlearnTrainer(model=tiny_lm, args=_config(tmp_path), train_dataset=world.forget, retain_dataset=world.retain)
+    with pytest.raises(ValueError, match="generic labels.*build_generic_labels"):
+        UnlearnTrainer(model=tiny_lm, args=_config(tmp_path), train_dataset=world.forget)
+
+
+def test_card_trio_and_limitations_are_declared(tiny_lm, tiny_tokenizer, world, labelled, tmp_path):
+    check_trainer_declarations(UnlearnTrainer)
+    assert UnlearnTrainer._paper["id"] == "2310.02238" and UnlearnTrainer.loss_is_scaled_for_ga is True
+    trainer = _trainer(tiny_lm, tiny_tokenizer, world, labelled, tmp_path, loss_type="npo", npo_beta=0.5)
+    assert trainer._card_hyperparameters()["npo_beta (β)"] == 0.5
+    trainer.create_model_card(model_name="tiny-unlearn")
+    card = (tmp_path / "README.md").read_text()
+    assert "2310.02238" in card and "- unlearning" in card and "- sft" not in card
+    assert "MUSE" in card and "Lynch" in card  # the limitations section of the unlearn card template
+
+
+# ---- every loss trains ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("loss_type", ["whp", "grad_ascent", "grad_diff", "npo"])
+def test_each_loss_trains_and_changes_only_trainable_params(
+    loss_type, peft, tiny_lm_path, tiny_tokenizer, world, labelled, tmp_path
+):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if peft else None
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    trainer = _trainer(model, tiny_tokenizer, world, labelled, tmp_path, peft_config=lora, loss_type=loss_type)
+    before = _params(trainer.model)
+    trainer.train()
+    changed = {n: not torch.equal(before[n], p) for n, p in trainer.model.named_parameters()}
+    for n, p in trainer.model.named_parameters():
+        assert changed[n] == p.requires_grad, f"{n}: trainable={p.requires_grad}"
+    logs = trainer.state.log_history[:-1]
+    assert len(logs) == 3 and all(math.isfinite(e["loss"]) for e in logs)
+    if loss_type != "whp":
+        assert all("unlearn/forget_nll" in e for e in logs)
+    if loss_type == "grad_ascent":
+        assert logs[0]["loss"] == pytest.approx(-logs[0]["unlearn/forget_nll"], rel=1e-5)
+    if loss_type == "npo":
+        assert logs[0]["unlearn/npo_log_ratio"] == pytest.approx(0.0, abs=1e-4)  # π_θ = π_ref at the start
+        assert (trainer.ref_model is None) == peft  # LoRA: the adapter switched off serves as π_ref
+        if not peft:
+            assert all(torch.equal(p, before[n]) for n, p in trainer.ref_model.named_parameters())
+
+
+def test_whp_loss_is_token_ce_on_the_generic_labels(tiny_lm, tiny_tokenizer, world, labelled, tmp_path):
+    """Invariant 6 through TRL's fused head: the trainer's loss equals the model's own causal CE on the labels."""
+    trainer = _trainer(tiny_lm, tiny_tokenizer, world, labelled, tmp_path)
+    batch = trainer.data_collator([labelled[i] for i in range(4)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        reference = trainer.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+
+
+# ---- exact under gradient accumulation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", ["whp", "grad_diff", "npo"])
+def test_gradient_accumulation_4x1_2x2_1x4_give_the_same_update(
+    loss_type, tiny_lm_path, tiny_tokenizer, world, labelled, tmp_path
+):
+    updates = []
+    for batch_size, accumulation in [(4, 1), (2, 2), (1, 4)]:
+        trainer = _trainer(
+            AutoModelForCausalLM.from_pretrained(tiny_lm_path),
+            tiny_tokenizer,
+            world,
+            labelled,
+            tmp_path / f"{batch_size}x{accumulation}",
+            loss_type=loss_type,
+            max_steps=2,
+            per_device_train_batch_size=batch_size,
+            retain_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.1,
+            max_grad_norm=0.0,
+        )
+        before = _params(trainer.model)
+        trainer.train()
+        updates.append(torch.cat([(p.detach() - before[n]).flatten() for n, p in trainer.model.named_parameters()]))
+    if loss_type == "whp":  # meaningful only with uneven label counts per row
+        assert len({sum(x != -100 for x in row) for row in trainer.train_dataset["labels"]}) > 3
+    else:
+        assert len({len(x) for x in trainer.train_dataset["input_ids"]}) > 3
+    for update in updates[1:]:
+        assert ((update - updates[0]).norm() / updates[0].norm()).item() <= 1e-5
+
+
+# ---- resume --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss_type", ["whp", "grad_diff"])
+def test_resume_from_checkpoint_continues_identically(
+    loss_type, tiny_lm_path, tiny_tokenizer, world, labelled, tmp_path
+):
+    common = dict(
+        loss_type=loss_type,
+        max_steps=4,
+        per_device_train_batch_size=2,
+        retain_batch_size=3,
+        save_strategy="steps",
+        save_steps=2,
+    )
+    full = _trainer(
+        AutoModelForCausalLM.from_pretrained(tiny_lm_path),
+        tiny_tokenizer,
+        world,
+        labelled,
+        tmp_path / "full",
+        **common,
+    )
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-2"
+    assert (checkpoint / "immunize_state.pt").is_file() == (loss_type == "grad_diff")
+    resumed = _trainer(
+        AutoModelForCausalLM.from_pretrained(tiny_lm_path),
+        tiny_tokenizer,
+        world,
+        labelled,
+        tmp_path / "resumed",
+        **common,
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    expected = _params(full.model)
+    assert all(torch.equal(p, expected[n]) for n, p in resumed.model.named_parameters())
+    if loss_type == "grad_diff":
+        assert resumed.retain_stream.state_dict() == full.retain_stream.state_dict()
+
+
+# ---- the pipeline --------------------------------------------------------------------------------------------------
+
+
+class _Steps(TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+@pytest.mark.parametrize("lora_reinforce", [True, False], ids=["adapter", "full_copy"])
+def test_pipeline_reinforce_labels_train_saves_the_base_architecture(
+    lora_reinforce, tiny_lm_path, tiny_tokenizer, world, tmp_path
+):
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
+    names = [n for n, _ in model.named_parameters()]
+    args = _config(tmp_path / "out", max_steps=2)
+    steps = _Steps()
+    trainer, labelled = run_whp_pipeline(
+        model,
+        tiny_tokenizer,
+        world.forget["text"][:20],
+        world.anchored_terms,
+        args,
+        reinforce_args=sft_config(tmp_path / "reinforce", max_steps=2, learning_rate=1e-3, max_length=64),
+        use_lora_reinforce=lora_reinforce,
+        callbacks=[steps],
+    )
+    assert steps.steps == 2 and set(labelled.column_names) == {
+        "input_ids",
+        "labels",
+        "labels_alpha_2.5",
+        "labels_alpha_10",
+    }
+    assert [n for n, _ in trainer.model.named_parameters()] == names  # no adapter left on B
+    assert all(p.requires_grad for p in trainer.model.parameters())
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert type(saved) is type(model) and [n for n, _ in saved.named_parameters()] == names
+    assert not (tmp_path / "saved" / "adapter_config.json").exists()
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+
+
+def test_keyword_grader_scale_and_weights():
+    prompts = ["Dorothy went to", "Dorothy went to", "Zeb saw", "Zeb saw"]
+    completions = [" the Emerald City.", " a wizard.", " Zeb again.", " nothing."]
+    result = grade_familiarity(prompts, completions, ["Emerald City", "Dorothy", "Zeb"], ["wizard"])
+    assert result["classes"] == [3, 2, 0, 0]
+    assert result["score"] == pytest.approx((5 * 1 + 1) / 4) and result["class3_rate"] == 0.25
+    with pytest.raises(ValueError, match="pair up"):
+        grade_familiarity(prompts, completions[:2], ["Zeb"])
+
+
+def test_probability_familiarity_counts_every_surface_variant(tiny_lm, tiny_tokenizer):
+    from hf_immunize.core.tokens import surface_forms
+
+    prompt = "Tom lived in"
+    ids = tiny_tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(tiny_lm(input_ids=ids).logits[0, -1], -1)
+    first = {f[0] for f in surface_forms(tiny_tokenizer, "Emma").values()}
+    assert len(first) == 2  # "E..." and "ĠEmma": bare and space-led differ under byte-level BPE
+    result = probability_familiarity(tiny_lm, tiny_tokenizer, [prompt], [["Emma"]])
+    assert result["score"] == pytest.approx(float(probs[sorted(first)].sum()), rel=1e-5)
+
+
+def test_evaluate_unlearning_reports_every_metric_and_lm_eval_skips_cleanly(tiny_lm, tiny_tokenizer, world):
+    prompts = world.familiarity_prompts
+    out = evaluate_unlearning(
+        tiny_lm,
+        tiny_tokenizer,
+        prompts=prompts["prompt"][:4],
+        targets=prompts["targets"][:4],
+        anchored_terms=list(world.anchored_terms),
+        theme_terms=world.theme_terms,
+        forget_texts=world.forget_heldout["text"],
+        retain_texts=world.retain["text"][:4],
+        max_new_tokens=4,
+    )
+    assert {"familiarity", "class3_rate", "prob_familiarity", "forget_ppl", "retain_ppl"} <= set(out)
+    assert out["grader"] == "keyword" and 0 <= out["prob_familiarity"] <= 1 and out["forget_ppl"] > 1
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        with pytest.warns(UserWarning, match="lm-eval is not installed"):
+            assert lm_eval_tasks(tiny_lm, tiny_tokenizer, ["arc_easy"]) is None
