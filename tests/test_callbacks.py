@@ -196,11 +196,17 @@ def test_gap_callback_on_booster_and_sft_trainer(tiny_lm_path, tiny_tokenizer, w
 
     baseline = _train_and_snapshot(booster)
     gap = HarmfulLossGapCallback(harmful.select(range(4)))  # tokenizer: the trainer's processing_class
-    with_gap = _train_and_snapshot(lambda: booster([gap]))
+    probe = AttackProbeCallback(
+        world.attack_harmful, world.attack_benign, world.eval_harmful, attack_config=PROBE_ATTACK, every_n_steps=1
+    )
+    with_gap = _train_and_snapshot(lambda: booster([gap, probe]))
     _assert_same_run(baseline, with_gap)
-    entries = [e for e in with_gap[0].state.log_history if "harmful_gap/harmful_loss" in e]
+    history = with_gap[0].state.log_history
+    entries = [e for e in history if "harmful_gap/harmful_loss" in e]
     assert [e["step"] for e in entries] == [1, 2]  # every `logging_steps`
     assert all("booster/harmful_loss_drop" not in e for e in entries)  # its own entry: Booster's buffer untouched
+    assert [e["step"] for e in history if "booster/harmful_loss_drop" in e] == [1, 2]
+    assert [step for step, _ in probe.results] == [1, 2]
 
     sft = SFTTrainer(
         model=_load(tiny_lm_path),
