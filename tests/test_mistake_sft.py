@@ -535,3 +535,62 @@ def test_pipeline_on_real_pku_saferlhf_and_safety_tuned_llamas(shared_data, tiny
     trainer = MistakeSFTTrainer(model=tiny_lm, args=cfg, train_dataset=data, processing_class=tiny_tokenizer)
     trainer.train()
     assert all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+
+
+# ---- command and recipes ------------------------------------------------------------------------------------------
+
+
+def _recipe(name):
+    from conftest import REPO_ROOT
+
+    return REPO_ROOT / "recipes" / name
+
+
+def test_paper_recipe_parses_and_every_value_has_a_source(tmp_path):
+    from hf_immunize.commands import mistake_sft as command
+    from hf_immunize.commands.common import parse_args
+
+    path = _recipe("mistake_sft_paper.yaml")
+    argv = ["--config", str(path), "--output_dir", str(tmp_path), "--bf16", "false", "--tf32", "false"]
+    script_args, args, model_args = parse_args(command.make_parser(), [*argv, "--use_cpu", "true"])
+    assert model_args.model_name_or_path == "PKU-Alignment/alpaca-7b-reproduced" and model_args.use_peft
+    assert (script_args.dataset_name, script_args.helpful_dataset_name) == (
+        "PKU-Alignment/PKU-SafeRLHF",
+        "tatsu-lab/alpaca",
+    )
+    assert args.preamble.startswith("Below is an instruction that describes a task.")
+    assert (args.respond_cue, args.mistake_source, args.helpful_ratio) == (
+        "harmless, ethical and inoffensive",
+        "induced",
+        None,
+    )
+    assert (args.per_device_train_batch_size * args.gradient_accumulation_steps, args.max_length) == (128, 512)
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "  # [" in line, f"no source comment: {line!r}"
+
+
+def test_command_runs_the_pipeline_and_trains_from_the_tiny_recipe(tmp_path):
+    from hf_immunize.cli import COMMANDS
+    from hf_immunize.commands import mistake_sft as command
+
+    assert COMMANDS["mistake-sft"][0] == "hf_immunize.commands.mistake_sft"
+    out = tmp_path / "run"
+    argv = ["--config", str(_recipe("mistake_sft_tiny.yaml")), "--output_dir", str(out), "--max_steps", "2"]
+    argv += ["--toy_world", '{"seed": 0, "n_weapons": 8}', "--max_new_tokens", "8", "--disable_tqdm", "true"]
+    command.main([*argv, "--helpful_ratio", "0.25"])  # a flag overrides the recipe's 0.5
+    rows = [json.loads(line) for line in (out / command.DATASET_FILE).read_text().splitlines()]
+    assert {r["source"] for r in rows} <= {"analysis", "helpful"}
+    n_analysis = sum(r["source"] == "analysis" for r in rows)
+    assert n_analysis > 0 and sum(r["source"] == "helpful" for r in rows) == round(0.25 * n_analysis)
+    assert all("harmless" not in r["prompt"] and "harmful, unethical" not in r["prompt"] for r in rows)
+    assert (out / "model.safetensors").is_file() and "2310.10477" in (out / "README.md").read_text()
+    stats = json.loads((out / "mistake_pipeline_stats.json").read_text())
+    assert stats["induction"]["instructions"] == 16
+
+
+def test_command_requires_helpful_data_for_real_sources(tmp_path):
+    from hf_immunize.commands import mistake_sft as command
+
+    with pytest.raises(ValueError, match="`helpful_dataset_name` is required"):
+        command.main(["--dataset_name", "some/red-team", "--model_name_or_path", "m", "--output_dir", str(tmp_path)])
