@@ -26,7 +26,7 @@ __all__ = [
     "use_alpha",
 ]
 
-FORBID_VALUES = ("mean", "-inf")
+FORBID_VALUES = ("mean", "-inf", "none")
 
 
 def alpha_column(alpha: float) -> str:
@@ -65,7 +65,8 @@ def generic_labels(
         logits_reinforced: `(T, V)` raw logits of R on `block.original`.
         alpha: α, or a list of α (one label row each, from the same logits).
         forbid_value: `"mean"` (faithful): B's logit of a forbidden token is replaced by its row's mean taken before
-            the overwrite; `"-inf"`: removed outright (never chosen, even in degenerate rows).
+            the overwrite; `"-inf"`: removed outright (never chosen, even in degenerate rows); `"none"`: no
+            forbidden tokens (an ablation, not the reference method).
 
     Returns `(T,)` int64 labels with `labels[0] = -100` and `labels[p + 1] = L[p]` (−100 where `mapping[p] == -1`).
     """
@@ -80,7 +81,7 @@ def generic_labels(
             f"logits do not match the block: B has {length} rows for {len(block.translated)} translated tokens, R "
             f"has {T} rows for {len(block.original)} original tokens."
         )
-    if block.inserted:
+    if block.inserted and forbid_value != "none":
         forbidden = torch.zeros_like(zb, dtype=torch.bool)  # (len(t), V)
         for j, tokens in block.inserted:
             forbidden[j + 1 :, tokens] = True

@@ -36,7 +36,8 @@ class UnlearnConfig(SFTConfig):
         block_size (`int`, *optional*, defaults to `512`):
             Tokens per forget block (reference: 512, non-overlapping, tail dropped).
         forbid_value (`str`, *optional*, defaults to `"mean"`):
-            Value given to B's logit of a forbidden token: `"mean"` of its row (faithful) or `"-inf"`.
+            Value given to B's logit of a forbidden token: `"mean"` of its row (faithful) or `"-inf"`; `"none"`
+            forbids nothing (an ablation, not the reference method).
         anchor_seed (`int`, *optional*, defaults to `0`):
             Seed of the substitute drawn per key and block.
         npo_beta (`float`, *optional*, defaults to `0.1`):
@@ -70,7 +71,7 @@ class UnlearnConfig(SFTConfig):
     )
     block_size: int = field(default=512, metadata={"help": "Tokens per forget block (reference: 512)."})
     forbid_value: str = field(
-        default="mean", metadata={"help": "B's logit of a forbidden token: 'mean' of its row (faithful) or '-inf'."}
+        default="mean", metadata={"help": "B's logit of a forbidden token: 'mean' of its row (faithful), '-inf', or 'none' (ablation)."}
     )
     anchor_seed: int = field(default=0, metadata={"help": "Seed of the substitute drawn per key and block."})
     npo_beta: float = field(default=0.1, metadata={"help": "β of NPO (open-unlearning default 0.1)."})
@@ -101,8 +102,8 @@ class UnlearnConfig(SFTConfig):
         self.whp_extra_alphas = [float(a) for a in self.whp_extra_alphas]
         if not isinstance(self.block_size, int) or isinstance(self.block_size, bool) or self.block_size < 2:
             raise ValueError(f"`block_size` must be an integer >= 2, got {self.block_size!r}.")
-        if self.forbid_value not in ("mean", "-inf"):
-            raise ValueError(f"`forbid_value` must be 'mean' or '-inf', got {self.forbid_value!r}.")
+        if self.forbid_value not in ("mean", "-inf", "none"):
+            raise ValueError(f"`forbid_value` must be 'mean', '-inf' or 'none', got {self.forbid_value!r}.")
         if not _finite(self.npo_beta) or self.npo_beta <= 0:
             raise ValueError(f"`npo_beta` (β) must be a finite number > 0, got {self.npo_beta!r}.")
         for name in ("forget_weight", "retain_weight"):
