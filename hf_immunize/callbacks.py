@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -109,8 +110,9 @@ class AttackProbeCallback(_BindableCallback):
     `<prefix>/harmful_score_increase`, and `<prefix>/task_accuracy_after` / `<prefix>/harmful_content_after` when
     measured. `results` keeps `(global_step, AttackResult)` of every probe.
 
-    The probe runs on the main process only; the weights, optimizer, RNG streams (Python, NumPy, torch) and
-    accelerate's shared state of the training run are exactly as without it.
+    The weights, optimizer, RNG streams (Python, NumPy, torch) and accelerate's shared state of the training run are
+    exactly as without it. Single-process training only: with several processes it warns once and does nothing (the
+    attack's nested Trainer would join the process group from one process alone).
     """
 
     def __init__(
@@ -158,6 +160,18 @@ class AttackProbeCallback(_BindableCallback):
         return control
 
     def _probe(self, args, state, control, model=None, processing_class=None, **kwargs) -> None:
+        if getattr(args, "world_size", 1) > 1:
+            # The attack trains a nested Trainer, whose accelerator would join the outer run's process group from
+            # the main process alone and wait forever for the others.
+            if not getattr(self, "_warned_distributed", False):
+                warnings.warn(
+                    f"AttackProbeCallback is skipped: it runs in single-process training only (world_size="
+                    f"{args.world_size}). Attack the saved checkpoints with `hf-immunize attack` instead.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._warned_distributed = True
+            return
         if not state.is_world_process_zero:
             return
         if any(step == state.global_step for step, _ in self.results):  # e.g. a step probe and an evaluation
@@ -238,6 +252,16 @@ class HarmfulLossGapCallback(_BindableCallback):
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         every = self.every_n_steps or max(1, int(args.logging_steps))  # a fractional `logging_steps`: every step
+        if getattr(args, "fsdp", None) or getattr(args, "deepspeed", None):
+            # Sharded parameters: a local gradient norm and per-tensor edits would be wrong (see Booster's guard).
+            if not getattr(self, "_warned_sharded", False):
+                warnings.warn(
+                    "HarmfulLossGapCallback is skipped under FSDP/DeepSpeed (sharded parameters).",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._warned_sharded = True
+            return control
         if self._due(state, every) and state.is_world_process_zero:
             metrics = self.measure(model, processing_class)
             self.history.append({"step": state.global_step, **metrics})

@@ -267,6 +267,22 @@ def test_attack_probe_at_evaluation_on_sft_trainer(tiny_lm, tiny_tokenizer, worl
     assert any("attack_probe/harmful_score_after" in e for e in trainer.state.log_history)
 
 
+def test_probes_refuse_to_run_where_they_would_be_wrong_or_hang(world):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    probe = AttackProbeCallback(world.attack_harmful, world.attack_benign, world.eval_harmful, every_n_steps=1)
+    state, control = TrainerState(global_step=1), TrainerControl()
+    with pytest.warns(RuntimeWarning, match="single-process training only"):
+        probe.on_step_end(SimpleNamespace(world_size=2, device="cpu"), state, control, model=None)
+    assert probe.results == []
+    gap = HarmfulLossGapCallback([{"text": "x"}], every_n_steps=1)
+    with pytest.warns(RuntimeWarning, match="skipped under FSDP/DeepSpeed"):
+        gap.on_step_end(SimpleNamespace(fsdp="full_shard", logging_steps=1), state, control, model=None)
+    assert gap.history == []
+
+
 def test_callback_arguments_are_checked(world):
     with pytest.raises(ValueError, match="`every_n_steps` must be a positive int or None, got 0"):
         AttackProbeCallback(world.attack_harmful, world.attack_benign, world.eval_harmful, every_n_steps=0)
