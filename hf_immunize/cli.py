@@ -10,6 +10,7 @@ COMMANDS = {
     "booster": ("hf_immunize.commands.booster", "Booster alignment from a YAML recipe (also scripts/booster.py)"),
     "mlac": ("hf_immunize.commands.mlac", "MLAC self-destructing training from a YAML recipe (also scripts/mlac.py)"),
     "mistake-sft": ("hf_immunize.commands.mistake_sft", "mistake analysis pipeline and SFT (scripts/mistake_sft.py)"),
+    "unlearn": ("hf_immunize.commands.unlearn", "WHP unlearning (reinforce, labels, fine-tune) or GA/GradDiff/NPO"),
     "demo": ("hf_immunize.demo", "the short efficacy benchmark on the offline safety world (make demo)"),
     "attack": (
         "hf_immunize.evaluation.attack_cli",

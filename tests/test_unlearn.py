@@ -3,6 +3,7 @@ pipeline end to end, and the unlearning evaluation."""
 
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,6 +284,7 @@ def test_pipeline_reinforce_labels_train_saves_the_base_architecture(
         "input_ids",
         "labels",
         "labels_alpha_2.5",
+        "labels_alpha_5",
         "labels_alpha_10",
     }
     assert [n for n, _ in trainer.model.named_parameters()] == names  # no adapter left on B
@@ -339,3 +341,51 @@ def test_evaluate_unlearning_reports_every_metric_and_lm_eval_skips_cleanly(tiny
     except ImportError:
         with pytest.warns(UserWarning, match="lm-eval is not installed"):
             assert lm_eval_tasks(tiny_lm, tiny_tokenizer, ["arc_easy"]) is None
+
+
+# ---- command and recipes -------------------------------------------------------------------------------------------
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_unlearn_command_runs_the_tiny_recipe_end_to_end(tmp_path):
+    from hf_immunize.cli import COMMANDS
+    from hf_immunize.commands import unlearn as command
+
+    assert COMMANDS["unlearn"][0] == "hf_immunize.commands.unlearn"
+    out = tmp_path / "run"
+    argv = ["--config", str(RECIPES / "unlearn_tiny.yaml"), "--output_dir", str(out), "--max_steps", "2"]
+    argv += ["--reinforce_max_steps", "2", "--toy_world", '{"seed": 0, "n_passages": 20}', "--disable_tqdm", "true"]
+    command.main([*argv, "--labels_output", str(tmp_path / "labels")])
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert saved.config.model_type == "llama" and not (out / "adapter_config.json").exists()
+    from datasets import load_from_disk
+
+    assert {"input_ids", "labels", "labels_alpha_5"} <= set(load_from_disk(tmp_path / "labels").column_names)
+    card = (out / "README.md").read_text()
+    assert "2310.02238" in card and "anchored-term dictionary of" in card
+    forget = tmp_path / "forget.txt"
+    forget.write_text("Some forget text.")
+    argv = ["--config", str(RECIPES / "unlearn_tiny.yaml"), "--output_dir", str(tmp_path / "x")]
+    with pytest.raises(ValueError, match="needs `anchored_terms`"):  # a real corpus brings no dictionary
+        command.main([*argv, "--dataset_name", str(forget)])
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_unlearn_recipes_parse_and_every_paper_value_names_its_source(tmp_path):
+    import yaml
+
+    from hf_immunize.commands import unlearn as command
+    from hf_immunize.commands.common import parse_args
+
+    for name in ("unlearn_tiny.yaml", "unlearn_paper.yaml"):
+        argv = ["--config", str(RECIPES / name), "--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true"]
+        script_args, args, model_args = parse_args(command.make_parser(), argv)
+        assert args.loss_type == "whp" and args.whp_alpha == 5.0 and args.forbid_value == "mean"
+    text = (RECIPES / "unlearn_paper.yaml").read_text()
+    raw = yaml.safe_load(text)
+    assert model_args.model_name_or_path == "meta-llama/Llama-2-7b-chat-hf" and args.block_size == 512
+    assert (args.learning_rate, args.adam_beta2, args.whp_extra_alphas) == (1e-6, 0.98, [2.5, 10.0])
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(lines) == len(raw)
+    assert all(any(tag in line for tag in ("[code]", "[paper]", "[~]", "[ours]")) for line in lines)

@@ -154,7 +154,7 @@ def build_generic_labels(
     batch_size: int = 4,
 ):
     """The WHP training set: one row per block with `input_ids` (original), `labels` (at `alpha`) and one
-    `labels_alpha_<a>` column per extra α.
+    `labels_alpha_<a>` column per α (`alpha` and every extra one).
 
     Args:
         reinforced: R. A PEFT model whose adapter was trained on the forget corpus (the default pipeline) serves as B
@@ -192,9 +192,7 @@ def build_generic_labels(
                 columns["input_ids"].append(blk.original)
                 for a, row in zip(alphas, rows, strict=True):
                     columns[alpha_column(a)].append(row.tolist())
-    columns["labels"] = columns[alpha_column(alpha)]
-    if alpha not in extra_alphas:
-        del columns[alpha_column(alpha)]
+    columns["labels"] = list(columns[alpha_column(alpha)])  # every α keeps its column, so `use_alpha` can go back
     return Dataset.from_dict(columns)
 
 
