@@ -146,6 +146,11 @@ class PairedStream:
         self.position = int(state["position"])
 
 
+# Column sets TRL's SFT preparation accepts: plain text, conversational, prompt-completion (plain or conversational),
+# already tokenized.
+_SFT_LAYOUTS = ({"text"}, {"messages"}, {"prompt", "completion"}, {"input_ids"})
+
+
 def prepare_paired_dataset(trainer, dataset, name: str = "paired"):
     """Tokenizes `dataset` the way `trainer` prepared its training set, and keeps only the model's input columns.
 
@@ -166,6 +171,11 @@ def prepare_paired_dataset(trainer, dataset, name: str = "paired"):
     prepare = getattr(trainer, "_prepare_dataset", None)
     if prepare is not None and not getattr(trainer, "_skip_prepare_dataset", False):
         columns = set(dataset.column_names)
+        if not any(layout <= columns for layout in _SFT_LAYOUTS) and trainer._formatting_func is None:
+            raise ValueError(
+                f"the {name} dataset has columns {sorted(columns)}, none of the layouts SFT accepts: "
+                f"{' | '.join('+'.join(sorted(layout)) for layout in _SFT_LAYOUTS)} (rename its columns)."
+            )
         saved = trainer.completion_only_loss
         if trainer.args.completion_only_loss is None:
             trainer.completion_only_loss = {"prompt", "completion"} <= columns
@@ -199,6 +209,11 @@ def build_paired_stream(
     """
     args = trainer.args
     prepared = prepare_paired_dataset(trainer, dataset, name=name)
+    if len(prepared) < batch_size * args.world_size:
+        raise ValueError(
+            f"the {name} dataset has {len(prepared)} usable rows, fewer than one {name} batch ({batch_size} per "
+            f"process x {args.world_size} process(es)); add rows or lower the {name} batch size."
+        )
     if seed is None:
         seed = args.data_seed if args.data_seed is not None else args.seed
     return PairedStream(

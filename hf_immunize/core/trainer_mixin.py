@@ -36,6 +36,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["IMMUNIZE_STATE_NAME", "ImmunizeTrainerMixin", "check_trainer_declarations"]
 
@@ -69,6 +72,26 @@ def check_trainer_declarations(cls: type) -> None:
         raise TypeError(f"{cls.__name__}._paper must be a dict with 'title', 'id' and 'citation', got {paper!r}.")
 
 
+def _removes_new_empty_output_dir_on_error(init):
+    """Wraps a trainer's `__init__`: `Trainer.__init__` creates `args.output_dir` early, and a later check of the
+    subclass (a bad harmful set, say) would leave that empty directory behind; remove it if this call created it."""
+    import functools
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        out = getattr(training_args, "output_dir", None)
+        existed = out is None or os.path.exists(out)
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            if not existed and os.path.isdir(out) and not os.listdir(out):
+                os.rmdir(out)
+            raise
+
+    return wrapped
+
+
 class ImmunizeTrainerMixin:
     """Shared behaviour of the hf_immunize trainers; see the module docstring. Put it first in the bases."""
 
@@ -77,6 +100,8 @@ class ImmunizeTrainerMixin:
         # Our own trainers are checked when they are defined; user subclasses may inherit everything.
         if cls.__module__.startswith("hf_immunize.methods."):
             check_trainer_declarations(cls)
+        if "__init__" in vars(cls):
+            cls.__init__ = _removes_new_empty_output_dir_on_error(vars(cls)["__init__"])
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -155,6 +180,40 @@ class ImmunizeTrainerMixin:
                 "single-device or DDP training (e.g. `accelerate launch --multi_gpu`), with LoRA/QLoRA for large "
                 "models."
             )
+
+    # ---- numerical guard -------------------------------------------------------------------------------------
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        # `create_optimizer` may run again (e.g. on resume); one hook per optimizer instance.
+        if not getattr(optimizer, "_hf_immunize_guarded", False):
+            optimizer.register_step_pre_hook(self._skip_non_finite_step)
+            optimizer._hf_immunize_guarded = True
+        return optimizer
+
+    def _skip_non_finite_step(self, optimizer, args, kwargs) -> None:
+        """Before every optimizer step: when any gradient is NaN or infinite (a NaN loss, an overflowing harmful
+        gradient, ...), drop all gradients so that the step leaves every weight (and the optimizer's moments)
+        untouched, count the skip as `nonfinite_steps_skipped` and warn. Gradients are already all-reduced here, so
+        every process skips the same steps."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        if bool(finite):
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None  # torch optimizers skip parameters without a gradient
+        self._nonfinite_steps_skipped = getattr(self, "_nonfinite_steps_skipped", 0) + 1
+        self._log_metric("nonfinite_steps_skipped", float(self._nonfinite_steps_skipped), mode="train")
+        logger.warning(
+            "%s: non-finite gradient at global step %d (a NaN/inf loss or gradient); the optimizer step was skipped "
+            "and the weights are unchanged (%d step(s) skipped so far).",
+            type(self).__name__,
+            self.state.global_step,
+            self._nonfinite_steps_skipped,
+        )
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
 

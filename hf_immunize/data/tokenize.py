@@ -9,11 +9,22 @@ __all__ = ["PadCollator", "pad_token_id_of", "tokenize_rows"]
 
 
 def pad_token_id_of(processing_class, model) -> int:
-    """The tokenizer's pad id, else the model config's, else 0 (padding is masked either way)."""
-    pad = getattr(processing_class, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    return int(pad) if pad is not None else 0
+    """The tokenizer's pad id, else the model config's, else the EOS id (padding is masked either way).
+
+    Raises `ValueError` when there is none of them: padding with an arbitrary id would hide a misconfigured
+    tokenizer.
+    """
+    for candidate in (
+        getattr(processing_class, "pad_token_id", None),
+        getattr(getattr(model, "config", None), "pad_token_id", None),
+        getattr(processing_class, "eos_token_id", None),
+    ):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(
+        f"the tokenizer ({type(processing_class).__name__}) has no pad token, and neither the model config nor the "
+        "tokenizer gives one to fall back on (no `pad_token_id`, no EOS): set `tokenizer.pad_token` first."
+    )
 
 
 class PadCollator:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
+from hf_immunize.utils import bf16_supported, check_precision
+
 __all__ = ["BoosterConfig"]
 
 
@@ -99,8 +101,9 @@ class BoosterConfig(SFTConfig):
                 f"`deepspeed`={self.deepspeed!r} is not supported by Booster (sharded or flattened parameters break "
                 "the weight perturbation and the global gradient norm). Use DDP, with LoRA/QLoRA for large models."
             )
+        check_precision(self)
         if self.bf16 is None:
-            self.bf16 = _cuda_bf16_available() and not self.use_cpu
+            self.bf16 = bf16_supported() and not self.use_cpu
         super().__post_init__()
 
         if not _is_finite_number(self.regularizer_weight) or self.regularizer_weight < 0:
@@ -136,9 +139,3 @@ class BoosterConfig(SFTConfig):
 
 def _is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _cuda_bf16_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_immunize.utils import check_precision
+
 __all__ = ["MLACConfig", "META_GRADIENTS"]
 
 META_GRADIENTS = ("second_order", "first_order", "truncated")
@@ -181,6 +183,7 @@ class MLACConfig(TrainingArguments):
     max_grad_norm: float = field(default=10.0, metadata={"help": "Outer gradient clipping (paper: 10)."})
 
     def __post_init__(self):
+        check_precision(self)
         super().__post_init__()
         _positive_int("inner_steps", self.inner_steps, 0)
         if self.inner_optimizer not in _INNER_OPTIMIZERS:

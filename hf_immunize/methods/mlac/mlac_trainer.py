@@ -372,6 +372,10 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
         grad = lr_grad.detach().clone()
         if self.accelerator.num_processes > 1:
             grad = self._reduce_sum(grad) / self.accelerator.num_processes
+        if not torch.isfinite(grad):
+            # A NaN episode (the outer step is skipped by the mixin's guard too) must not poison the learned lr.
+            self._log_metric("mlac/inner_lr_steps_skipped", 1.0)
+            return
         self.inner_lr.grad = grad.clamp(-_LR_GRAD_CLIP, _LR_GRAD_CLIP)  # the norm of a scalar is its magnitude
         self._inner_lr_optimizer.step()
         self._inner_lr_optimizer.zero_grad(set_to_none=True)
