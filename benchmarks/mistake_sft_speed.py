@@ -113,10 +113,25 @@ def time_training(args, data, work: Path) -> dict:
             processing_class=tokenizer,
         ),
     }
+    # Attribution: plain SFT plus only the shared `ImmunizeTrainerMixin` (per-step guards every hf_immunize trainer
+    # inherits), so a gap between `sft` and `mistake_sft` can be split into the mixin's share and MistakeSFT's own.
+    from hf_immunize.core.trainer_mixin import ImmunizeTrainerMixin
+
+    class MixinOnlySFT(ImmunizeTrainerMixin, SFTTrainer):
+        _tag_names, _name, _paper = ["sft"], "SFT", {"title": "-", "id": "-", "citation": "-"}
+        loss_is_scaled_for_ga = None  # SFT's own setting
+
+    arms["sft_with_mixin"] = lambda out: MixinOnlySFT(
+        model=tiny_causal_lm(hidden_size=args.hidden_size),
+        args=_config(SFTConfig, out, args),
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
     cpu = {name: [] for name in arms}
     wall = {name: [] for name in arms}
     for repeat in range(args.repeats):
-        order = list(arms) if repeat % 2 == 0 else list(reversed(arms))
+        names = list(arms)
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]  # rotated: each arm runs first in turn
         for name in order:
             trainer = arms[name](work / f"{name}{repeat}")
             timer = StepTimer()
@@ -126,11 +141,14 @@ def time_training(args, data, work: Path) -> dict:
             wall[name].append(statistics.fmean(timer.wall[args.warmup :]))
             print(f"repeat {repeat} {name:<12} {1000 * cpu[name][-1]:.2f} ms CPU / step", flush=True)
     ratios = [s / m for s, m in zip(cpu["sft"], cpu["mistake_sft"])]
+    mixin_ratios = [s / m for s, m in zip(cpu["sft"], cpu["sft_with_mixin"])]
     wall_ratios = [s / m for s, m in zip(wall["sft"], wall["mistake_sft"])]
     return {
         "throughput_ratio_median": statistics.median(ratios),
         "throughput_ratios": [round(r, 4) for r in ratios],
         "wall_throughput_ratio_median": statistics.median(wall_ratios),
+        "sft_with_mixin_throughput_ratio_median": statistics.median(mixin_ratios),
+        "sft_with_mixin_throughput_ratios": [round(r, 4) for r in mixin_ratios],
         "cpu_seconds_per_step": {k: [round(x, 6) for x in v] for k, v in cpu.items()},
         "wall_seconds_per_step": {k: [round(x, 6) for x in v] for k, v in wall.items()},
     }
@@ -161,8 +179,8 @@ def time_generation(args, cfg, instructions, responses) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--hidden_size", type=int, default=96)
