@@ -412,7 +412,7 @@ def main(argv=None) -> dict:
         "per_seed": per_seed,
     }
     write_efficacy("book", results, args.out)
-    extra_path = RESULTS / "unlearn_book_exploration.json"
+    extra_path = RESULTS / "unlearn_book_search.json"
     tmp = extra_path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"search": searched}, indent=1))
     os.replace(tmp, extra_path)
