@@ -12,24 +12,29 @@ import yaml
 from safetensors.torch import load_file
 
 from hf_immunize.commands import booster as booster_cmd
+from hf_immunize.commands import mistake_sft as mistake_sft_cmd
 from hf_immunize.commands import mlac as mlac_cmd
+from hf_immunize.commands import unlearn as unlearn_cmd
 from hf_immunize.commands.common import RUN_MARKER, parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes"
 # command module per recipe prefix; a new method adds its command here.
-COMMANDS = {"booster": booster_cmd, "mlac": mlac_cmd}
+COMMANDS = {"booster": booster_cmd, "mlac": mlac_cmd, "unlearn": unlearn_cmd, "mistake_sft": mistake_sft_cmd}
+# Per method: flags that shrink its tiny recipe to a seconds-long run.
+TINY_FLAGS = {
+    "booster": ["--toy_world", '{"seed": 0, "n_weapons": 8}'],
+    "mlac": ["--inner_steps", "2", "--toy_world", '{"seed": 0, "n": 200, "scrub_pronouns": true}'],
+    "unlearn": ["--reinforce_max_steps", "2", "--toy_world", '{"seed": 0, "n_passages": 20}'],
+    "mistake_sft": ["--max_new_tokens", "8", "--toy_world", '{"seed": 0, "n_weapons": 8}'],
+}
 # Paper recipes ask for bf16/tf32 on a GPU; parsing them here switches that off (the values are checked below).
 CPU_FLAGS = ["--bf16", "false", "--tf32", "false", "--use_cpu", "true"]
 
 
 def _tiny_argv(method: str, out: Path, *extra: str) -> list[str]:
     common = ["--config", str(RECIPES / f"{method}_tiny.yaml"), "--output_dir", str(out), "--max_steps", "2"]
-    common += ["--logging_steps", "1", "--disable_tqdm", "true"]
-    if method == "mlac":
-        common += ["--inner_steps", "2", "--toy_world", '{"seed": 0, "n": 200, "scrub_pronouns": true}']
-    else:
-        common += ["--toy_world", '{"seed": 0, "n_weapons": 8}']
+    common += ["--logging_steps", "1", "--disable_tqdm", "true", *TINY_FLAGS[method]]
     return [*common, *extra]
 
 
