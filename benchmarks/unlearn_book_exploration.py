@@ -76,9 +76,10 @@ def main(argv=None):
         )
         for lr in (1e-4, 3e-4, 1e-3):
             finetune = {**s["finetune"], "learning_rate": lr, "num_train_epochs": 1}
+            # The config's α only builds labels inside the pipeline; these labels were built above.
             trainer = UnlearnTrainer(
                 model=ue._load(path),
-                args=ue._whp_args(work, seed, alpha, finetune),
+                args=ue._whp_args(work, seed, 5.0, finetune),
                 train_dataset=labelled,
                 processing_class=tok,
             )
