@@ -45,6 +45,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EXPLORATION = RESULTS / "mistake_sft_exploration.json"
 SHARED_DATA = Path(os.environ.get("HF_IMMUNIZE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # Templates for the toy world's "User: ...\nAssistant:" format (the package defaults are Alpaca-style). The guided and
@@ -296,6 +297,11 @@ def goals(summary: dict) -> dict:
         "mistake_guided_minus_sft_safe_guided": ms["harmless_rate_guided"] - sft["harmless_rate_guided"],
         "mistake_guided_minus_sft_safe_plain": ms["harmless_rate_guided"] - sft["harmless_rate_plain"],
         "task_accuracy_guided_minus_base_plain": ms["task_accuracy_guided"] - base["task_accuracy_plain"],
+        # Same-prompt comparisons, for reading the verdict above (which compares the deployed settings).
+        "task_accuracy_guided_minus_base_guided": ms["task_accuracy_guided"] - base["task_accuracy_guided"],
+        "task_accuracy_plain_minus_base_plain": ms["task_accuracy_plain"] - base["task_accuracy_plain"],
+        "mistake_guided_minus_helpful_only_guided": ms["harmless_rate_guided"]
+        - summary.get("helpful_only", base)["harmless_rate_guided"],
         "harmless_vs_base_goal_met": ms["harmless_rate_guided"] - base_best >= 20.0,
         "harmless_vs_sft_goal_met": ms["harmless_rate_guided"]
         - max(sft["harmless_rate_guided"], sft["harmless_rate_plain"])
@@ -404,21 +410,70 @@ def table(summary: dict, goal: dict, settings: Settings, command: str) -> str:
         "match on held-out benign tasks; guided = step-4 prompt with the harmless cue.",
         "",
         "| arm | harmless guided | harmless plain | harmful content guided | harmful content plain | task acc guided "
-        "| task acc plain | over-refusal guided |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| task acc plain | over-refusal guided | critiques unguided |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, e in summary.items():
         lines.append(
             f"| {arm} | {cell(e, 'harmless_rate_guided')} | {cell(e, 'harmless_rate_plain')} "
             f"| {cell(e, 'harmful_content_guided')} | {cell(e, 'harmful_content_plain')} "
             f"| {cell(e, 'task_accuracy_guided')} "
-            f"| {cell(e, 'task_accuracy_plain')} | {cell(e, 'over_refusal_guided')} |"
+            f"| {cell(e, 'task_accuracy_plain')} | {cell(e, 'over_refusal_guided')} "
+            f"| {e['unguided_critique_rate']:.1f} |"
+            if "unguided_critique_rate" in e
+            else f"| {cell(e, 'task_accuracy_plain')} | {cell(e, 'over_refusal_guided')} | n/a |"
         )
     lines += ["", "Goals (issue 7):", ""]
     for key, value in goal.items():
         lines.append(f"- `{key}`: {value if isinstance(value, bool) else f'{value:+.1f}'}")
     lines += ["", f"Command: `{command}`", ""]
+    exploration = EXPLORATION.is_file() and json.loads(EXPLORATION.read_text())
+    if exploration:
+        lines += [
+            "Exploration (every run of this script recorded with `--exploration NAME`, whatever it showed; settings "
+            "that differ from the defaults in the name and the command). mistake_sft vs base, percent, mean over "
+            "the run's seeds; critiques = held-out harmful answers critiqued behind the unguided prompt:",
+            "",
+            "| run | seeds | base harmless guided | sft_safe harmless guided | mistake_sft harmless guided "
+            "| helpful_only harmless guided | mistake_sft task guided / plain | critiques base / mistake_sft "
+            "/ helpful_only | command |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, run in exploration.items():
+            sm = run["summary"]
+
+            def rate(arm, key="unguided_critique_rate", sm=sm):
+                value = sm.get(arm, {}).get(key)
+                return "n/a" if value is None else f"{value:.1f}"
+
+            lines.append(
+                f"| {name} | {run['settings']['seeds']} | {rate('base', 'harmless_rate_guided')} "
+                f"| {rate('sft_safe', 'harmless_rate_guided')} | {rate('mistake_sft', 'harmless_rate_guided')} "
+                f"| {rate('helpful_only', 'harmless_rate_guided')} "
+                f"| {rate('mistake_sft', 'task_accuracy_guided')} / {rate('mistake_sft', 'task_accuracy_plain')} "
+                f"| {rate('base')} / {rate('mistake_sft')} / {rate('helpful_only')} | `{run['command']}` |"
+            )
+        lines.append("")
     return "\n".join(lines)
+
+
+def rewrite_from_json(output: Path, table_path: Path) -> dict:
+    """Goals and table again from the run stored in the efficacy JSON (no training); the summary is kept."""
+    data = json.loads(output.read_text())
+    run = data["mistake_sft"]
+    settings = Settings(**run["settings"])
+    run["summary"] = summarise(run["per_seed"], settings.arms)
+    run["goals"] = goals(run["summary"])
+    entry = {
+        **run["summary"]["mistake_sft"],
+        "baselines": {k: v for k, v in run["summary"].items() if k != "mistake_sft"},
+    }
+    entry["goals"] = run["goals"]
+    merge_efficacy(output, entry, run)
+    text = table(run["summary"], run["goals"], settings, run["command"])
+    table_path.write_text(text)
+    print(text)
+    return run
 
 
 def main(argv=None) -> dict:
@@ -435,7 +490,12 @@ def main(argv=None) -> dict:
         "--exploration", default=None, help="record this run under NAME in results/mistake_sft_exploration.json"
     )
     parser.add_argument("--skip_real", action="store_true", help="skip the real-data pipeline check")
+    parser.add_argument(
+        "--from_json", action="store_true", help="recompute the goals and rewrite the table from the stored run"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        return rewrite_from_json(Path(args.output), Path(args.table))
 
     import datasets
     import transformers
@@ -480,7 +540,7 @@ def main(argv=None) -> dict:
     text = table(summary, goal, settings, command.strip())
     print("\n" + text)
     if args.exploration:
-        record_exploration(RESULTS / "mistake_sft_exploration.json", args.exploration, run)
+        record_exploration(EXPLORATION, args.exploration, run)
     if not args.no_write:
         entry = {**summary["mistake_sft"], "baselines": {k: v for k, v in summary.items() if k != "mistake_sft"}}
         entry["goals"] = goal
