@@ -282,3 +282,29 @@ def test_real_text_oz_book(shared_data, tiny_tokenizer, tiny_lm_path):
     occurrences = sum(text.count(k) for k in terms)
     assert replaced >= 0.9 * occurrences - 5  # all but the few in the dropped tail or cut at a block edge
     assert all(len(row) == 64 and row[0] == -100 for row in ds["labels"])
+
+
+def test_suggestion_helper_ranks_the_forget_worlds_own_words_first(tiny_tokenizer, tmp_path):
+    """B knows the retain world (same templates, ordinary names); R = B + a LoRA adapter reinforced on the forget
+    passages. The words R raises most are the invented names and the forget world's themes, not function words."""
+    from trl import SFTTrainer
+
+    from hf_immunize.methods.unlearn import reinforce, suggest_anchored_terms
+    from hf_immunize.testing import tiny_causal_lm
+    from hf_immunize.utils import sft_config
+
+    world = make_book_world(seed=0, n_passages=60)
+    base = tiny_causal_lm()
+    args = dict(per_device_train_batch_size=16, learning_rate=3e-3, max_length=128)
+    SFTTrainer(
+        model=base,
+        args=sft_config(tmp_path / "b", max_steps=60, **args),
+        train_dataset=world.retain,
+        processing_class=tiny_tokenizer,
+    ).train()
+    reinforced = reinforce(base, tiny_tokenizer, world.forget, sft_config(tmp_path / "r", max_steps=40, **args))
+    ranked = suggest_anchored_terms(reinforced, tiny_tokenizer, world.forget["text"][:30], top_k=10)
+    specific = {w for key in world.anchored_terms for w in key.split()} | set(world.theme_terms)
+    assert sum(word in specific for word, _, _ in ranked) >= 8, ranked
+    assert all(score > 0 and count >= 2 for _, score, count in ranked)
+    assert not {"the", "and", "to", "a"} & {word for word, _, _ in ranked}
