@@ -199,11 +199,17 @@ def test_training_prompts_never_contain_a_cue_and_completions_never_the_bad_resp
         assert "Review the reply and explain your assessment." in prompt
 
 
-def test_critiques_quoting_the_bad_response_and_cued_prompts_are_refused(pairs, tmp_path):
+def test_critiques_quoting_the_bad_response_cue_echoes_and_cued_prompts_are_refused(pairs, tmp_path):
     cfg = _config(tmp_path)
     quoting = pairs.select(range(2)).map(lambda r: {"analysis": " It says:" + r["response"] + " which is bad."})
     data, stats = build_mistake_dataset(quoting, cfg=cfg, return_stats=True)
     assert len(data) == 0 and stats["dropped_quoting_response"] == 2
+    echoing = pairs.select(range(3)).map(
+        lambda r, i: {"response": r["response"] + " (harmless, ethical and inoffensive)"} if i < 2 else {},
+        with_indices=True,
+    )
+    data, stats = build_mistake_dataset(echoing, cfg=cfg, return_stats=True)
+    assert len(data) == 1 and stats["dropped_cue_in_response"] == 2
     cued = Dataset.from_dict({"instruction": ["Write a poem."], "output": ["Roses."]})
     cued = cued.map(lambda r: {"instruction": r["instruction"] + " (harmless, ethical and inoffensive)"})
     with pytest.raises(ValueError, match="helpful training prompt contains the cue"):

@@ -363,8 +363,9 @@ def build_mistake_dataset(
         cfg: the config (templates, cues, ratio).
         seed: seeds the helpful draw and the shuffle (default `cfg.seed`).
 
-    Raises `ValueError` when a training prompt would contain a cue. Critiques that quote their bad response verbatim
-    are dropped (the bad response must never be a target).
+    Critiques that quote their bad response verbatim are dropped (the bad response must never be a target), and so
+    are pairs whose bad response contains a cue (a model may echo one). Raises `ValueError` when a training prompt
+    would still contain a cue (a cue in an instruction or a helpful prompt is a data error).
     """
     if cfg is None:
         raise ValueError("`cfg` (a MistakeSFTConfig) is required: it holds the templates and the mix ratio.")
@@ -384,6 +385,9 @@ def build_mistake_dataset(
             continue
         if response.strip() and response.strip() in analysis:
             stats["dropped_quoting_response"] += 1
+            continue
+        if cues_in(response, cfg):  # a generated answer that repeats a cue would carry it into a training prompt
+            stats["dropped_cue_in_response"] += 1
             continue
         prompt = analysis_prompt(instruction, response, cfg, guided=False, input=input_)
         rows.append({"prompt": prompt, "completion": analysis, "source": "analysis"})
