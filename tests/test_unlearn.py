@@ -389,3 +389,70 @@ def test_unlearn_recipes_parse_and_every_paper_value_names_its_source(tmp_path):
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert len(lines) == len(raw)
     assert all(any(tag in line for tag in ("[code]", "[paper]", "[~]", "[ours]")) for line in lines)
+
+
+# ---- two processes (slow) ------------------------------------------------------------------------------------------
+
+_RANK_WEIGHTS = """
+import os, sys
+from hf_immunize.utils import set_offline_env
+set_offline_env()
+import torch
+torch.set_num_threads(1)
+from hf_immunize.commands import unlearn as module
+finish = module.finish_run
+
+
+def finish_and_save_rank(trainer, script_args, training_args, name):
+    finish(trainer, script_args, training_args, name)
+    weights = {n: p.detach().cpu() for n, p in trainer.model.named_parameters()}
+    path = os.path.join(sys.argv[1], f"rank{training_args.process_index}.pt")
+    torch.save({"world_size": training_args.world_size, "weights": weights}, path)
+
+
+module.finish_run = finish_and_save_rank
+module.main(sys.argv[2:])
+"""
+
+
+def _run_command(tmp_path, name, processes, *argv):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank_weights.py"
+    script.write_text(_RANK_WEIGHTS)
+    out = tmp_path / name
+    out.mkdir()
+    launch = [sys.executable]
+    if processes > 1:
+        launch += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--main_process_port", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(RECIPES.parent), "ACCELERATE_USE_CPU": "true"}
+    common = ["--config", str(RECIPES / "unlearn_tiny.yaml"), "--output_dir", str(out / "run"), "--max_steps", "3"]
+    common += ["--reinforce_max_steps", "2", "--toy_world", '{"seed": 0, "n_passages": 30}', "--disable_tqdm", "true"]
+    common += ["--ddp_find_unused_parameters", "false"]
+    subprocess.run([*launch, str(script), str(out), *common, *argv], check=True, env=env, timeout=900)
+    return [torch.load(out / f"rank{i}.pt") for i in range(processes)]
+
+
+@pytest.mark.slow
+def test_two_process_whp_pipeline_matches_one_process_with_the_same_global_batch(tmp_path):
+    """Reinforcement, labels and fine-tune under gloo DDP (2 x 4) end on the weights of one process with batch 8."""
+    ranks = _run_command(tmp_path, "ddp", 2, "--per_device_train_batch_size", "4", "--reinforce_batch_size", "4")
+    (single,) = _run_command(tmp_path, "one", 1, "--per_device_train_batch_size", "8", "--reinforce_batch_size", "8")
+    assert ranks[0]["world_size"] == 2 and single["world_size"] == 1
+    for name, weight in ranks[0]["weights"].items():
+        assert torch.equal(weight, ranks[1]["weights"][name]), name
+        assert ((weight - single["weights"][name]).norm() / single["weights"][name].norm()).item() <= 1e-4, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["grad_diff", "npo"])
+def test_two_process_retain_losses_keep_the_ranks_identical(loss_type, tmp_path):
+    """Two forwards (forget, retain) before one backward under DDP: the ranks stay in lockstep."""
+    ranks = _run_command(tmp_path, "ddp", 2, "--loss_type", loss_type, "--per_device_train_batch_size", "4")
+    assert ranks[0]["world_size"] == 2
+    for name, weight in ranks[0]["weights"].items():
+        assert torch.equal(weight, ranks[1]["weights"][name]), name
