@@ -175,6 +175,33 @@ def test_whp_loss_is_token_ce_on_the_generic_labels(tiny_lm, tiny_tokenizer, wor
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss_type", ["whp", "npo"])
+def test_qlora_model_id_string_on_cpu(loss_type, tiny_lm_path, tiny_tokenizer, world, labelled, tmp_path):
+    """A model id string with a 4-bit config and LoRA: NPO's π_ref is the quantized base with the adapter off."""
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    args = _config(tmp_path, loss_type=loss_type, max_steps=2, model_init_kwargs={"device_map": "cpu"})
+    trainer = UnlearnTrainer(
+        model=str(tiny_lm_path),
+        args=args,
+        train_dataset=labelled if loss_type == "whp" else world.forget,
+        retain_dataset=world.retain if args.needs_retain else None,
+        processing_class=tiny_tokenizer,
+        quantization_config=quantization,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    assert any("Linear4bit" in type(m).__name__ for m in trainer.model.modules()) and trainer.ref_model is None
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not p.requires_grad}
+    trainer.train()
+    assert all(torch.equal(p, frozen[n]) for n, p in trainer.model.named_parameters() if n in frozen)
+    assert all(math.isfinite(e["loss"]) for e in trainer.state.log_history[:-1])
+
+
 # ---- exact under gradient accumulation -----------------------------------------------------------------------------
 
 
