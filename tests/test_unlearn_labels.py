@@ -308,3 +308,8 @@ def test_suggestion_helper_ranks_the_forget_worlds_own_words_first(tiny_tokenize
     assert sum(word in specific for word, _, _ in ranked) >= 8, ranked
     assert all(score > 0 and count >= 2 for _, score, count in ranked)
     assert not {"the", "and", "to", "a"} & {word for word, _, _ in ranked}
+    # One long text read in windows of 24 tokens ranks the same kind of words first.
+    windows = suggest_anchored_terms(
+        reinforced, tiny_tokenizer, [" ".join(world.forget["text"][:30])], top_k=10, max_length=24
+    )
+    assert sum(word in specific for word, _, _ in windows) >= 7, windows

@@ -82,13 +82,11 @@ def generic_labels(
             f"has {T} rows for {len(block.original)} original tokens."
         )
     if block.inserted and forbid_value != "none":
-        forbidden = torch.zeros_like(zb, dtype=torch.bool)  # (len(t), V)
-        for j, tokens in block.inserted:
-            forbidden[j + 1 :, tokens] = True
-        fill = (
-            zb.mean(dim=-1, keepdim=True).expand_as(zb) if forbid_value == "mean" else torch.full_like(zb, -math.inf)
-        )
-        zb = torch.where(forbidden, fill, zb)
+        row_mean = zb.mean(dim=-1, keepdim=True)  # (len(t), 1), taken before any overwrite
+        for j, tokens in block.inserted:  # forbidden from just after the substitute's first token to the block end
+            cols = torch.tensor(tokens, dtype=torch.long)
+            fill = row_mean[j + 1 :] if forbid_value == "mean" else torch.full_like(row_mean[j + 1 :], -math.inf)
+            zb[j + 1 :, cols] = fill.expand(-1, len(tokens))
     mapping = torch.tensor(block.mapping, dtype=torch.long)
     keep = mapping.ne(-1)  # (T,)
     gb = zb[mapping[keep]]  # (K, V)
@@ -218,9 +216,10 @@ def suggest_anchored_terms(
 ) -> list[tuple[str, float, int]]:
     """Ranks the words of `texts` by how much R raises their probability over B: candidates for the dictionary.
 
-    For every whitespace-delimited word (punctuation stripped), the score is the mean over its occurrences of
-    `Σ_tokens [log p_R − log p_B]` of its tokens in context. Returns `(word, score, count)` for the `top_k` highest,
-    words seen at least `min_count` times. A starting point to curate by hand, not a dictionary.
+    For every word (letters, apostrophes, hyphens), the score is the mean over its occurrences of
+    `Σ_tokens [log p_R − log p_B]` of its tokens in context (long texts are read in windows of `max_length` tokens).
+    Returns `(word, score, count)` for the `top_k` highest, words seen at least `min_count` times. A starting point to
+    curate by hand, not a dictionary.
     """
     import re
 
@@ -229,27 +228,33 @@ def suggest_anchored_terms(
     counts: dict[str, int] = {}
     with _eval_mode(reinforced), _eval_mode(base_model):
         for text in texts:
-            enc = tokenizer(
-                text, add_special_tokens=False, return_offsets_mapping=True, truncation=True, max_length=max_length
-            )
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ids, offsets = enc["input_ids"], enc["offset_mapping"]
-            if len(ids) < 2:
-                continue
-            (zr,) = _logits(reinforced, [ids], 0)
-            with base_ctx():
-                (zb,) = _logits(base_model, [ids], 0)
-            target = torch.tensor(ids[1:])
-            diff = (
-                torch.log_softmax(zr[:-1], -1).gather(-1, target[:, None])
-                - torch.log_softmax(zb[:-1], -1).gather(-1, target[:, None])
-            ).squeeze(-1)  # (T - 1,): gain of token p + 1
+            gains: list[float] = []  # log p_R − log p_B of token p given the tokens before it in its window
+            for start in range(0, len(ids), max_length):  # long texts in windows of max_length tokens
+                window = ids[start : start + max_length]
+                if len(window) < 2:
+                    gains += [0.0] * len(window)
+                    continue
+                (zr,) = _logits(reinforced, [window], 0)
+                with base_ctx():
+                    (zb,) = _logits(base_model, [window], 0)
+                target = torch.tensor(window[1:])[:, None]  # (T - 1, 1)
+                gain = torch.log_softmax(zr[:-1], -1).gather(-1, target) - torch.log_softmax(zb[:-1], -1).gather(
+                    -1, target
+                )
+                gains += [0.0, *gain.squeeze(-1).tolist()]  # a window's first token has no context: no score
+            p = 0
             for match in re.finditer(r"[A-Za-z][A-Za-z'\-]*", text):
                 word, (a, b) = match.group(0), match.span()
-                positions = [p for p in range(1, len(ids)) if offsets[p][0] < b and offsets[p][1] > a]
-                if not positions:
-                    continue
-                sums[word] = sums.get(word, 0.0) + float(diff[[p - 1 for p in positions]].sum())
-                counts[word] = counts.get(word, 0) + 1
+                while p < len(ids) and offsets[p][1] <= a:  # tokens that end before the word
+                    p += 1
+                q = p
+                while q < len(ids) and offsets[q][0] < b:  # tokens that overlap the word
+                    q += 1
+                if q > p:
+                    sums[word] = sums.get(word, 0.0) + sum(gains[p:q])
+                    counts[word] = counts.get(word, 0) + 1
     ranked = [(w, sums[w] / counts[w], counts[w]) for w in sums if counts[w] >= min_count]
     ranked.sort(key=lambda x: -x[1])
     return ranked[:top_k]
