@@ -64,7 +64,7 @@ def peak_bytes(fn) -> int:
     return baseline + peak
 
 
-def memory(tok, texts) -> dict:
+def memory(tok, texts, terms) -> dict:
     model = tiny_causal_lm(**MEMORY_MODEL, seed=0)
     model.eval()
     ids = torch.tensor([tok("\n\n".join(texts), add_special_tokens=False)["input_ids"][:BLOCK]])
@@ -76,14 +76,12 @@ def memory(tok, texts) -> dict:
     reference = peak_bytes(inference)
     lora = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
     peft = get_peft_model(model, lora)
-    adapter = peak_bytes(
-        lambda: build_generic_labels(peft, tok, texts, {"Tom": ["Ben"]}, block_size=BLOCK, batch_size=1)
-    )
+    adapter = peak_bytes(lambda: build_generic_labels(peft, tok, texts, terms, block_size=BLOCK, batch_size=1))
     base = remove_adapter(peft)
     base.eval()
     full = copy.deepcopy(base)
     full_copy = peak_bytes(
-        lambda: build_generic_labels(full, tok, texts, {"Tom": ["Ben"]}, baseline=base, block_size=BLOCK, batch_size=1)
+        lambda: build_generic_labels(full, tok, texts, terms, baseline=base, block_size=BLOCK, batch_size=1)
     )
     params = sum(p.numel() for p in base.parameters())
     return {
@@ -150,7 +148,7 @@ def stages(tok) -> dict:
 def main() -> dict:
     tok = tiny_tokenizer()
     world = make_book_world(seed=0)
-    results = memory(tok, world.forget["text"][:3])
+    results = memory(tok, world.forget["text"][:3], world.anchored_terms)
     results.update(stages(tok))
     merge_into(RESULTS, results)
     for key, value in results.items():
