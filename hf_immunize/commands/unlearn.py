@@ -146,7 +146,7 @@ def load_unlearn_data(script_args, loss_type: str):
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
-    from hf_immunize.methods.unlearn import UnlearnTrainer, build_generic_labels, reinforce, remove_adapter
+    from hf_immunize.methods.unlearn import UnlearnTrainer, prepare_whp
     from hf_immunize.methods.unlearn.reinforce import default_reinforce_lora
     from hf_immunize.utils import sft_config
 
@@ -178,27 +178,20 @@ def main(argv: list[str] | None = None) -> None:
             bf16=training_args.bf16,
             use_cpu=training_args.use_cpu,
         )
-        use_lora = not script_args.reinforce_full_copy
         lora = default_reinforce_lora()
         lora.r, lora.lora_alpha = script_args.reinforce_lora_r, 2 * script_args.reinforce_lora_r
-        reinforced = reinforce(
-            model, tokenizer, forget, reinforce_args, use_lora=use_lora, lora_config=lora if use_lora else None
-        )
-        train_dataset = build_generic_labels(
-            reinforced,
+        use_lora = not script_args.reinforce_full_copy
+        model, train_dataset, terms = prepare_whp(
+            model,
             tokenizer,
             forget["text"],
             terms,
-            baseline=None if use_lora else model,
-            block_size=training_args.block_size,
-            alpha=training_args.whp_alpha,
-            extra_alphas=training_args.whp_extra_alphas,
-            seed=training_args.anchor_seed,
-            forbid_value=training_args.forbid_value,
-            batch_size=script_args.label_batch_size,
+            training_args,
+            reinforce_args=reinforce_args,
+            use_lora_reinforce=use_lora,
+            reinforce_lora_config=lora if use_lora else None,
+            label_batch_size=script_args.label_batch_size,
         )
-        model = remove_adapter(reinforced) if use_lora else model
-        del reinforced
         if script_args.labels_output and training_args.process_index == 0:
             train_dataset.save_to_disk(script_args.labels_output)
     trainer = UnlearnTrainer(

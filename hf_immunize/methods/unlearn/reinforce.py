@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 
-__all__ = ["default_reinforce_lora", "reinforce", "remove_adapter", "run_whp_pipeline"]
+__all__ = ["default_reinforce_lora", "prepare_whp", "reinforce", "remove_adapter", "run_whp_pipeline"]
 
 
 def default_reinforce_lora():
@@ -65,7 +65,7 @@ def remove_adapter(reinforced):
     return base
 
 
-def run_whp_pipeline(
+def prepare_whp(
     model,
     tokenizer,
     forget_texts: Sequence[str],
@@ -75,29 +75,24 @@ def run_whp_pipeline(
     reinforce_args=None,
     use_lora_reinforce: bool = True,
     reinforce_lora_config=None,
-    peft_config=None,
     label_batch_size: int = 4,
-    eval_dataset=None,
-    callbacks=None,
 ):
-    """reinforce → labels → train, in one call. Returns `(trainer, labelled_dataset)` after `trainer.train()`.
+    """reinforce → labels. Returns `(B, labelled_dataset, dictionary)`, B ready for :class:`UnlearnTrainer`.
 
     Args:
         model: B (a `PreTrainedModel`). With `use_lora_reinforce`, the reinforcement adapter is added to it and
-            removed again before the final fine-tune.
+            removed again (the returned B is `model` itself, every weight trainable); else R is a trained copy.
         anchored_terms: dict or JSON path/string (see :func:`load_anchored_terms`).
         args: an :class:`UnlearnConfig` with `loss_type="whp"` (its `whp_alpha`, `whp_extra_alphas`, `block_size`,
             `forbid_value` and `anchor_seed` build the labels).
-        peft_config: LoRA for the final fine-tune (optional).
     """
     from datasets import Dataset
 
     from hf_immunize.methods.unlearn.anchors import load_anchored_terms
     from hf_immunize.methods.unlearn.labels import build_generic_labels
-    from hf_immunize.methods.unlearn.unlearn_trainer import UnlearnTrainer
 
     if args.loss_type != "whp":
-        raise ValueError(f"run_whp_pipeline needs args.loss_type='whp', got {args.loss_type!r}.")
+        raise ValueError(f"the WHP pipeline needs args.loss_type='whp', got {args.loss_type!r}.")
     terms = load_anchored_terms(anchored_terms) if anchored_terms else {}
     texts = [t for t in forget_texts if t]
     reinforced = reinforce(
@@ -122,7 +117,39 @@ def run_whp_pipeline(
         batch_size=label_batch_size,
     )
     base = remove_adapter(reinforced) if use_lora_reinforce else model
-    del reinforced
+    return base, labelled, terms
+
+
+def run_whp_pipeline(
+    model,
+    tokenizer,
+    forget_texts: Sequence[str],
+    anchored_terms,
+    args,
+    *,
+    reinforce_args=None,
+    use_lora_reinforce: bool = True,
+    reinforce_lora_config=None,
+    peft_config=None,
+    label_batch_size: int = 4,
+    eval_dataset=None,
+    callbacks=None,
+):
+    """reinforce → labels → train, in one call (:func:`prepare_whp`, then :class:`UnlearnTrainer`). Returns
+    `(trainer, labelled_dataset)` after `trainer.train()`; `peft_config` is LoRA for the final fine-tune."""
+    from hf_immunize.methods.unlearn.unlearn_trainer import UnlearnTrainer
+
+    base, labelled, terms = prepare_whp(
+        model,
+        tokenizer,
+        forget_texts,
+        anchored_terms,
+        args,
+        reinforce_args=reinforce_args,
+        use_lora_reinforce=use_lora_reinforce,
+        reinforce_lora_config=reinforce_lora_config,
+        label_batch_size=label_batch_size,
+    )
     trainer = UnlearnTrainer(
         model=base,
         args=args,

@@ -71,7 +71,10 @@ class UnlearnConfig(SFTConfig):
     )
     block_size: int = field(default=512, metadata={"help": "Tokens per forget block (reference: 512)."})
     forbid_value: str = field(
-        default="mean", metadata={"help": "B's logit of a forbidden token: 'mean' of its row (faithful), '-inf', or 'none' (ablation)."}
+        default="mean",
+        metadata={
+            "help": "B's logit of a forbidden token: 'mean' of its row (faithful), '-inf', or 'none' (ablation)."
+        },
     )
     anchor_seed: int = field(default=0, metadata={"help": "Seed of the substitute drawn per key and block."})
     npo_beta: float = field(default=0.1, metadata={"help": "β of NPO (open-unlearning default 0.1)."})
