@@ -181,7 +181,8 @@ def test_accelerate_launch_two_processes_end_with_identical_weights(method, tmp_
     script = tmp_path / "rank_weights.py"
     script.write_text(_RANK_WEIGHTS)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    port = str(29551 + sorted(COMMANDS).index(method))  # fixed: port 0 can leave the ranks waiting for each other
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "ACCELERATE_USE_CPU": "true"}
     argv = _tiny_argv(method, tmp_path / "run", "--ddp_find_unused_parameters", "false")
     subprocess.run([*launch, str(script), method, str(tmp_path), *argv], check=True, env=env, timeout=900)
