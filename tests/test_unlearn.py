@@ -114,6 +114,11 @@ def test_config_rejects_bad_values_naming_field_and_value(field, value, tmp_path
         UnlearnConfig(output_dir=str(tmp_path), **{field: value})
 
 
+def test_npo_refuses_packed_batches(tmp_path):
+    with pytest.raises(ValueError, match="loss_type='npo'.*packing=True"):
+        UnlearnConfig(output_dir=str(tmp_path), loss_type="npo", packing=True)
+
+
 def test_trainer_checks_its_datasets_before_any_compute(tiny_lm, tiny_tokenizer, world, tmp_path):
     with pytest.raises(ValueError, match="`retain_dataset` is required by loss_type='grad_diff'"):
         UnlearnTrainer(model=tiny_lm, args=_config(tmp_path, loss_type="grad_diff"), train_dataset=world.forget)

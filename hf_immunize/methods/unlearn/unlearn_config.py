@@ -117,6 +117,11 @@ class UnlearnConfig(SFTConfig):
             not isinstance(self.retain_batch_size, int) or self.retain_batch_size < 1
         ):
             raise ValueError(f"`retain_batch_size` must be an integer >= 1 or None, got {self.retain_batch_size!r}.")
+        if self.loss_type == "npo" and (self.packing or self.padding_free):
+            raise ValueError(
+                f"loss_type='npo' scores whole sequences, which packing / padding-free batches merge; got packing="
+                f"{self.packing!r}, padding_free={self.padding_free!r}. Set both to False."
+            )
         if self.label_smoothing_factor:
             raise ValueError(
                 f"`label_smoothing_factor` must be 0 for the unlearning losses, got {self.label_smoothing_factor!r}."
