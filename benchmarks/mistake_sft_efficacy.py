@@ -484,6 +484,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(RESULTS / "efficacy.json"))
     parser.add_argument("--table", default=str(RESULTS / "efficacy_mistake_sft.md"))
     parser.add_argument("--pretrain_cue_rows", type=int, default=Settings.pretrain_cue_rows)
+    parser.add_argument("--max_new_tokens", type=int, default=Settings.max_new_tokens, help="steps 1-2 budget")
     parser.add_argument("--critique_style", default=Settings.critique_style, choices=["harmless_reply", "cue_words"])
     parser.add_argument("--no_write", action="store_true", help="do not touch efficacy.json and the table")
     parser.add_argument(
@@ -509,6 +510,7 @@ def main(argv=None) -> dict:
         pretrain_steps=args.pretrain_steps,
         pretrain_cue_rows=args.pretrain_cue_rows,
         critique_style=args.critique_style,
+        max_new_tokens=args.max_new_tokens,
     )
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="mistake_sft_bench_") as tmp:
