@@ -119,6 +119,55 @@ def _foreign_output_dir(out):
         out.rmdir()
 
 
+def _unlearn(out, ctx, **config):
+    from transformers import AutoModelForCausalLM
+
+    from hf_immunize import UnlearnConfig, UnlearnTrainer
+    from hf_immunize.data.toy import make_book_world
+
+    book = make_book_world(seed=0)
+    args = UnlearnConfig(output_dir=str(out), max_steps=1, report_to="none", use_cpu=True, **config)
+    UnlearnTrainer(
+        model=AutoModelForCausalLM.from_pretrained(ctx["lm"]),
+        args=args,
+        train_dataset=book.forget,
+        processing_class=ctx["tokenizer"],
+    ).train()
+
+
+def _anchored_terms_file(out):
+    from hf_immunize.methods.unlearn.anchors import load_anchored_terms
+
+    path = Path(str(out) + "-terms.json")
+    path.write_text('{"Dorothy": ["Mary", "Anne"],}')  # trailing comma
+    load_anchored_terms(path)
+
+
+def _mismatched_vocabularies(out, ctx):
+    from hf_immunize.data.toy import make_book_world
+    from hf_immunize.methods.unlearn import build_generic_labels
+    from hf_immunize.testing import tiny_causal_lm
+
+    book = make_book_world(seed=0)
+    baseline, reinforced = tiny_causal_lm(vocab_size=1024), tiny_causal_lm(vocab_size=1100)
+    build_generic_labels(reinforced, ctx["tokenizer"], book.forget["text"], None, baseline=baseline, block_size=32)
+
+
+def _mistake_sft(out, ctx, **config):
+    from transformers import AutoModelForCausalLM
+
+    from hf_immunize import MistakeSFTConfig, MistakeSFTTrainer
+
+    rows = _rows(prompt=["User: Judge the reply.\nRequest: x\nReply: y\nAssistant:"] * 4, completion=[" Bad."] * 4)
+    args = MistakeSFTConfig(output_dir=str(out), max_steps=1, report_to="none", use_cpu=True, **config)
+    MistakeSFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(ctx["lm"]),
+        args=args,
+        train_dataset=rows,
+        processing_class=ctx["tokenizer"],
+    ).train()
+
+
 def _rows(**columns):
     return Dataset.from_dict({k: list(v) for k, v in columns.items()})
 
@@ -264,6 +313,39 @@ CASES = [
         r"prompt_template.*vicuna",
     ),
     ("command-quantized-without-peft", lambda o, c: _command(o, "--load_in_4bit", "true"), ValueError, r"use_peft"),
+    # unlearning and mistake analysis
+    ("unlearn-alpha-zero", lambda o, c: _unlearn(o, c, whp_alpha=0.0), ValueError, r"whp_alpha.*0\.0"),
+    (
+        "unlearn-negative-npo-beta",
+        lambda o, c: _unlearn(o, c, loss_type="npo", npo_beta=-0.1),
+        ValueError,
+        r"npo_beta.*-0\.1",
+    ),
+    (
+        "unlearn-loss-type",
+        lambda o, c: _unlearn(o, c, loss_type="forget_harder"),
+        ValueError,
+        r"loss_type.*forget_harder",
+    ),
+    (
+        "unlearn-grad-diff-without-retain-set",
+        lambda o, c: _unlearn(o, c, loss_type="grad_diff"),
+        ValueError,
+        r"retain_dataset",
+    ),
+    ("unlearn-anchored-terms-not-json", lambda o, c: _anchored_terms_file(o), ValueError, r"not valid JSON"),
+    (
+        "mistake-sft-helpful-ratio",
+        lambda o, c: _mistake_sft(o, c, helpful_ratio=-1.0),
+        ValueError,
+        r"helpful_ratio.*-1\.0",
+    ),
+    (
+        "mistake-sft-nothing-left-after-truncation",
+        lambda o, c: _mistake_sft(o, c, max_length=4),
+        ValueError,
+        r"train_dataset.*max_length.*4",
+    ),
     # attack harness
     ("attack-learning-rate", lambda o, c: _attack_config(learning_rate=0.0), ValueError, r"learning_rate"),
     ("attack-mode", lambda o, c: _attack_config(mode="half"), ValueError, r"mode.*half"),

@@ -85,11 +85,17 @@ def _removes_new_empty_output_dir_on_error(init):
         try:
             init(self, *args, **kwargs)
         except BaseException:
-            if not existed and os.path.isdir(out) and not os.listdir(out):
-                os.rmdir(out)
+            _remove_if_empty(out if not existed else None)
             raise
+        if not existed:  # `train()` removes it too when its own checks fail before anything is written
+            self._hf_immunize_new_output_dir = out
 
     return wrapped
+
+
+def _remove_if_empty(path) -> None:
+    if path is not None and os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
 
 
 class ImmunizeTrainerMixin:
@@ -238,6 +244,14 @@ class ImmunizeTrainerMixin:
             os.replace(path + ".tmp", path)  # never a half-written state file
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kw):
+        train_dataset = getattr(self, "train_dataset", None)
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            max_length = getattr(self.args, "max_length", None)
+            _remove_if_empty(getattr(self, "_hf_immunize_new_output_dir", None))
+            raise ValueError(
+                f"`train_dataset` has no example left after preparation (rows whose labels are all masked, e.g. a "
+                f"completion cut off by `max_length`={max_length!r}, are dropped); nothing to train on."
+            )
         if resume_from_checkpoint is True:
             from transformers.trainer_utils import get_last_checkpoint
 

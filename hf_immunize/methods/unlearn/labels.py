@@ -111,6 +111,27 @@ def _eval_mode(model):
         model.train(was)
 
 
+def _vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def _check_vocabularies(reinforced, baseline, tokenizer) -> None:
+    """B and R are compared logit by logit: their output vocabularies must be the same, and cover the tokenizer."""
+    sizes = {"reinforced": _vocab_size(reinforced)}
+    if baseline is not None:
+        sizes["baseline"] = _vocab_size(baseline)
+    if len(set(sizes.values())) > 1:
+        raise ValueError(
+            f"the baseline and the reinforced model have different vocabularies ({sizes}): generic labels compare "
+            "their logits token by token, so R must be a fine-tune of B with the same tokenizer."
+        )
+    if len(tokenizer) > sizes["reinforced"]:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the models' output vocabulary has {sizes['reinforced']}: "
+            "pass the tokenizer the models were trained with."
+        )
+
+
 def _base_context(reinforced, baseline):
     """B's forward: the separate baseline, or the reinforced PEFT model with its adapter switched off."""
     if baseline is not None:
@@ -170,6 +191,7 @@ def build_generic_labels(
             raise ValueError(f"`extra_alphas` must hold finite numbers >= 0, got {a!r}.")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    _check_vocabularies(reinforced, baseline, tokenizer)
     blocks = make_blocks(tokenizer, texts, block_size)
     if not blocks:
         raise ValueError(f"the forget corpus holds fewer than `block_size`={block_size} tokens: no block to label.")
