@@ -281,3 +281,15 @@ def test_card_with_report_is_written_at_every_checkpoint(
     assert (tmp_path / PLOT_NAME).is_file()
     assert "- sft" not in card and "trl" not in _metadata(card)["tags"]
     assert renders == [1, 2]  # once per checkpoint: TRL's own call in `SFTTrainer._save_checkpoint` is muted
+
+
+def test_unlearning_settings_line_has_no_stray_separators():
+    from hf_immunize.model_card import render_model_card
+
+    context = {"alpha": 5.0, "dictionary_size": 12, "forget_corpus": None, "grader": None}
+    line = next(
+        x
+        for x in str(render_model_card("m", method="unlearn", section_context=context)).splitlines()
+        if x.startswith("Settings of this run")
+    )
+    assert line == "Settings of this run: anchored-term dictionary of 12 entries; α = 5.0."
