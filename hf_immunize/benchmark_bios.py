@@ -32,6 +32,7 @@ set_offline_env(override=False)  # before any Hugging Face library is imported
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -581,7 +582,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings_dict = {
         **asdict(settings),
         "seconds": round(time.time() - t0),
-        "command": "python benchmarks/mlac_efficacy.py",
+        "command": " ".join(["hf-immunize bench --world bios", *(sys.argv[1:] if argv is None else argv)]),
     }
     results = {"summary": summary, "settings": settings_dict, "seeds": settings.seeds, "per_seed": per_seed}
     print(json.dumps({"summary": summary, "goals": goals(summary)}, indent=1))
