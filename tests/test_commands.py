@@ -23,7 +23,7 @@ RECIPES = REPO_ROOT / "recipes"
 COMMANDS = {"booster": booster_cmd, "mlac": mlac_cmd, "unlearn": unlearn_cmd, "mistake_sft": mistake_sft_cmd}
 # Per method: flags that shrink its tiny recipe to a seconds-long run.
 TINY_FLAGS = {
-    "booster": ["--toy_world", '{"seed": 0, "n_weapons": 8}'],
+    "booster": ["--toy_world", '{"seed": 0, "n_weapons": 8}', "--per_device_train_batch_size", "4"],
     "mlac": ["--inner_steps", "2", "--toy_world", '{"seed": 0, "n": 200, "scrub_pronouns": true}'],
     "unlearn": ["--reinforce_max_steps", "2", "--toy_world", '{"seed": 0, "n_passages": 20}'],
     "mistake_sft": ["--max_new_tokens", "8", "--toy_world", '{"seed": 0, "n_weapons": 8}'],
@@ -154,24 +154,28 @@ def test_mlac_command_reads_the_real_bias_in_bios_layout(shared_data, tmp_path):
 
 # ---- accelerate launch: 2 real gloo processes on CPU -------------------------------------------------------------
 
-# Runs the command's own `main`, then each rank saves its weights (the command itself saves on rank 0 only).
+# Runs `scripts/<method>.py` itself (as `accelerate launch` would), with the command's `finish_run` wrapped so that
+# each rank also saves its weights (the command saves on rank 0 only).
 _RANK_WEIGHTS = """
-import importlib, os, sys
+import importlib, os, runpy, sys
 import torch
 torch.set_num_threads(1)
-module = importlib.import_module("hf_immunize.commands." + sys.argv[1])
+method, out_dir, repo = sys.argv[1:4]
+module = importlib.import_module("hf_immunize.commands." + method)
 finish = module.finish_run
 
 
 def finish_and_save_rank(trainer, script_args, training_args, name):
     finish(trainer, script_args, training_args, name)
     weights = {n: p.detach().cpu() for n, p in trainer.model.named_parameters()}
-    path = os.path.join(sys.argv[2], f"rank{training_args.process_index}.pt")
+    path = os.path.join(out_dir, f"rank{training_args.process_index}.pt")
     torch.save({"world_size": training_args.world_size, "weights": weights}, path)
 
 
 module.finish_run = finish_and_save_rank
-module.main(sys.argv[3:])
+script = os.path.join(repo, "scripts", method + ".py")
+sys.argv = [script, *sys.argv[4:]]
+runpy.run_path(script, run_name="__main__")
 """
 
 
@@ -185,7 +189,8 @@ def test_accelerate_launch_two_processes_end_with_identical_weights(method, tmp_
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "ACCELERATE_USE_CPU": "true"}
     argv = _tiny_argv(method, tmp_path / "run", "--ddp_find_unused_parameters", "false")
-    subprocess.run([*launch, str(script), method, str(tmp_path), *argv], check=True, env=env, timeout=900)
+    command = [*launch, str(script), method, str(tmp_path), str(REPO_ROOT), *argv]
+    subprocess.run(command, check=True, env=env, timeout=900)
     ranks = [torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1)]
     assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2  # really two processes
     for name, weight in ranks[0]["weights"].items():
