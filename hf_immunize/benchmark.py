@@ -162,8 +162,10 @@ def write_efficacy(world: str, results: dict, path: str | os.PathLike) -> dict:
     data = json.loads(path.read_text()) if path.exists() else {}
     # Arms are merged, so a run of one new arm (`--arms booster`) keeps the others' entries.
     data.setdefault("summary", {}).setdefault(world, {}).update(results["summary"])
-    data.setdefault("settings", {})[world] = results["settings"]
-    data.setdefault("seeds", {})[world] = results["seeds"]
+    # Merged too: a run of one arm must not drop the settings of the others (the world's are the same for all).
+    data.setdefault("settings", {}).setdefault(world, {}).update(results["settings"])
+    seeds = data.setdefault("seeds", {}).get(world, [])
+    data["seeds"][world] = sorted({*seeds, *results["seeds"]})
     per_seed = data.setdefault("per_seed", {}).setdefault(world, {})
     for seed, arms in results["per_seed"].items():
         per_seed.setdefault(seed, {}).update(arms)

@@ -46,9 +46,8 @@ def generate_completions(
     try:
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generating", disable=not progress):
-            batch = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(device)
+            # The tokenizer's own special tokens (e.g. Llama's BOS), as TRL adds them when it trains on these prompts.
+            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
             out = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,

@@ -35,8 +35,9 @@ def completion_loss(model, tokenizer, prompts: list[str], completions: list[str]
             for prompt, completion in zip(
                 prompts[start : start + batch_size], completions[start : start + batch_size]
             ):
-                p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-                full = tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]
+                # Special tokens as TRL adds them in training (e.g. Llama's BOS before the prompt).
+                p = tokenizer(prompt)["input_ids"]
+                full = tokenizer(prompt + completion)["input_ids"]
                 rows_ids.append(full)
                 rows_labels.append([-100] * len(p) + full[len(p) :])
             width = max(map(len, rows_ids))
