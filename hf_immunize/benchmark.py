@@ -195,6 +195,8 @@ def safety_table(summary: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, entry in summary.items():
+        if not {"harmful_score_before", "harmful_score_after"} & set(entry):  # another protocol, its own table
+            continue
         lines.append(
             f"| {arm} | {cell(entry, 'harmful_score_before')} | {cell(entry, 'harmful_score_after')} "
             f"| {cell(entry, 'harmful_score_after_worst')} | {cell(entry, 'harmful_content_after')} | {loss(entry)} "
