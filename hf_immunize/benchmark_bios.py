@@ -340,6 +340,9 @@ def goals(summary: dict) -> dict:
         out["mlac_attacker_minus_random_init"] = round(gap, 2)
         out["attacker_goal_met"] = gap <= GOALS["attacker_within_points_of_random_init"]
     if {"mlac", "pretrained"} <= summary.keys():
+        # Not a goal, the context: what MLAC buys over the undefended model against the same attacker.
+        edge = summary["mlac"]["attacker_accuracy"] - summary["pretrained"]["attacker_accuracy"]
+        out["mlac_attacker_minus_pretrained"] = round(edge, 2)
         gap = summary["pretrained"]["desired_accuracy"] - summary["mlac"]["desired_accuracy"]
         out["pretrained_minus_mlac_desired"] = round(gap, 2)
         out["desired_goal_met"] = gap <= GOALS["desired_within_points_of_pretrained"]
@@ -350,7 +353,7 @@ def markdown(data: dict, world: str = "bios") -> str:
     summary, settings = data["summary"][world], data["settings"][world]
     ns = list(next(iter(summary.values()))["attacker_accuracy_by_n"])
     lines = [
-        "<!-- written by benchmarks/mlac_efficacy.py; do not edit by hand -->",
+        "<!-- written by `hf-immunize bench --world bios`; do not edit by hand -->",
         f"Bios toy world ({settings['n_bios']} bios, pronouns scrubbed: {settings['scrub_pronouns']}), seeds "
         f"{data['seeds'][world]}; tiny BERT (hidden {settings['hidden_size']}, {settings['num_layers']} layers), base "
         + (
@@ -410,7 +413,8 @@ def markdown(data: dict, world: str = "bios") -> str:
             setting = (
                 f"seeds {st['seeds']}, {base}, {st['train_steps']} steps, "
                 f"K={st['inner_steps']} {st['meta_gradient']}, "
-                f"c={st['adapted_loss_weight']} d={st['grad_norm_weight']} e={st['head_adjusted_loss_weight']}"
+                f"c={st['adapted_loss_weight']} d={st['grad_norm_weight']} e={st['head_adjusted_loss_weight']}; "
+                f"attacker steps {st['attack_steps']}, {st['attack_budget']} trials"
             )
 
             def cell(arm, sm=sm):
@@ -429,9 +433,10 @@ def markdown(data: dict, world: str = "bios") -> str:
             "",
             f"Goals: MLAC attacker − random init = {check.get('mlac_attacker_minus_random_init')} points (goal ≤ 3: "
             f"{check.get('attacker_goal_met')}); pretrained − MLAC desired = "
-            f"{check.get('pretrained_minus_mlac_desired')} points (goal ≤ 1: {check.get('desired_goal_met')}).",
-            "How to read these numbers (the undefended model is already below random init here): docs/mlac.md, "
-            "section Measured.",
+            f"{check.get('pretrained_minus_mlac_desired')} points (goal ≤ 1: {check.get('desired_goal_met')}). "
+            f"For context, MLAC attacker − undefended (pretrained) attacker = "
+            f"{check.get('mlac_attacker_minus_pretrained')} points.",
+            "How to read these numbers: docs/mlac.md, section Measured.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -458,6 +463,52 @@ def record_exploration(tag: str, run: dict, path: Path) -> dict:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+    return data
+
+
+def merge_dumps(dumps: list[dict]) -> dict:
+    """One result from `--summary_json` dumps of runs that split the seeds and arms between them (same settings
+    otherwise: checked)."""
+    ignore = {"seeds", "arms", "seconds", "command"}
+    first = {k: v for k, v in dumps[0]["settings"].items() if k not in ignore}
+    per_seed: dict = {}
+    for dump in dumps:
+        other = {k: v for k, v in dump["settings"].items() if k not in ignore}
+        if other != first:
+            changed = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise ValueError(f"the dumps were run with different settings: {changed}.")
+        for seed, arms in dump["per_seed"].items():
+            per_seed.setdefault(seed, {}).update(arms)
+    seeds = sorted(int(s) for s in per_seed)
+    settings = {
+        **dumps[0]["settings"],
+        "seeds": seeds,
+        "arms": [a for a in ARMS if any(a in arms for arms in per_seed.values())],
+        "seconds": sum(d["settings"].get("seconds", 0) for d in dumps),
+        "command": " + ".join(sorted({d["settings"].get("command", "") for d in dumps})),
+    }
+    per_seed = {str(s): per_seed[str(s)] for s in seeds}
+    return {"summary": summarise(per_seed), "settings": settings, "seeds": seeds, "per_seed": per_seed}
+
+
+def import_summary(paths: list[Path], output: Path, table: Path, previous_tag: str | None) -> dict:
+    """Makes the merged dumps `summary.bios`; the summary they replace is kept as an exploration run."""
+    results = merge_dumps([json.loads(p.read_text()) for p in paths])
+    data = json.loads(output.read_text()) if output.exists() else {}
+    if "bios" in data.get("summary", {}):
+        if not previous_tag:
+            raise ValueError("`--exploration_tag` must name the run that `--import_summary` replaces.")
+        previous = {"settings": data["settings"]["bios"], "summary": data["summary"]["bios"]}
+        record_exploration(previous_tag, previous, output)
+        data = json.loads(output.read_text())
+        for key in ("summary", "settings", "seeds", "per_seed", "goals"):
+            data.get(key, {}).pop("bios", None)  # replaced whole, not merged with the old run's entries
+        tmp = output.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, output)
+    data = write_results("bios", results, output)
+    table.write_text(markdown(data))
+    print(table.read_text())
     return data
 
 
@@ -523,6 +574,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--exploration_tag", default=None, help="store under exploration.bios.<tag>, not summary")
     parser.add_argument("--from_json", action="store_true", help="re-summarise per_seed.bios of --output, no runs")
     parser.add_argument("--import_exploration", type=Path, default=None, help="a --summary_json dump to store")
+    parser.add_argument(
+        "--import_summary",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="--summary_json dumps (e.g. one per seed and arm, run in parallel) that together become summary.bios; "
+        "the summary they replace is kept under exploration.bios.<--exploration_tag>",
+    )
     cli = parser.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -558,6 +617,8 @@ def main(argv: list[str] | None = None) -> dict:
         cli.table.write_text(markdown(data))
         print(cli.table.read_text())
         return data
+    if cli.import_summary is not None:
+        return import_summary(cli.import_summary, cli.output, cli.table, cli.exploration_tag)
     if cli.import_exploration is not None:
         dump = json.loads(cli.import_exploration.read_text())
         if "per_seed" in dump:  # summarised again by the current code

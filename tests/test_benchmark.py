@@ -76,3 +76,22 @@ def test_bench_world_bios_dispatches_to_the_mlac_benchmark(tmp_path):
     text = table.read_text()
     for arm in ("pretrained", "random_init", "mlac", "mlac_k0"):
         assert f"| {arm} |" in text
+
+
+def _bios_dump(seed, arms, steps=(150, 600)):
+    attacker = {"200": {"mean": 0.8, "std": 0.0, "trials": [{"best_accuracy": 0.85}], "majority_rate": 0.5}}
+    return {
+        "settings": {"seeds": [seed], "arms": arms, "attack_steps": list(steps), "seconds": 10, "command": "c"},
+        "per_seed": {str(seed): {arm: {"desired_accuracy": 99.0, "attacker": attacker} for arm in arms}},
+    }
+
+
+def test_bios_dumps_of_parallel_runs_merge_into_one_result():
+    from hf_immunize.benchmark_bios import merge_dumps
+
+    merged = merge_dumps([_bios_dump(0, ["pretrained"]), _bios_dump(0, ["mlac"]), _bios_dump(1, ["pretrained"])])
+    assert merged["seeds"] == [0, 1] and set(merged["per_seed"]["0"]) == {"pretrained", "mlac"}
+    assert merged["summary"]["pretrained"]["n_seeds"] == 2 and merged["summary"]["mlac"]["n_seeds"] == 1
+    assert merged["summary"]["pretrained"]["attacker_accuracy"] == 80.0
+    with pytest.raises(ValueError, match="attack_steps"):
+        merge_dumps([_bios_dump(0, ["pretrained"]), _bios_dump(1, ["pretrained"], steps=(150,))])
