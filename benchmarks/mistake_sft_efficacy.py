@@ -44,23 +44,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from hf_immunize.methods.mistake_sft.templates import TOY_WORLD_TEMPLATES  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPLORATION = RESULTS / "mistake_sft_exploration.json"
 SHARED_DATA = Path(os.environ.get("HF_IMMUNIZE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-# Templates for the toy world's "User: ...\nAssistant:" format (the package defaults are Alpaca-style). The guided and
-# unguided analysis prompts differ only in the sentence "It is {cue}.".
-TOY_TEMPLATES = dict(
-    preamble="",
-    plain_template="User: {instruction}\nAssistant:",
-    induce_template="User: {instruction} ({cue})\nAssistant:",
-    respond_template="User: {instruction} ({cue})\nAssistant:",
-    analyse_guided_template=(
-        "User: Judge the reply. It is {cue}.\nRequest: {instruction}\nReply:{response}\nAssistant:"
-    ),
-    analyse_unguided_template="User: Judge the reply.\nRequest: {instruction}\nReply:{response}\nAssistant:",
-    cue_position="response_header",
-)
+TOY_TEMPLATES = {**TOY_WORLD_TEMPLATES, "cue_position": "response_header"}
 
 
 @dataclass

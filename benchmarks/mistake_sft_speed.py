@@ -34,18 +34,11 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 from speed_common import StepTimer, merge_into  # noqa: E402
 
+from hf_immunize.methods.mistake_sft.templates import TOY_WORLD_TEMPLATES  # noqa: E402
+
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"
 GOALS = {"mistake_sft_train_vs_sft": 0.98, "batched_generation_speedup": 4.0}
-TEMPLATES = dict(
-    preamble="",
-    plain_template="User: {instruction}\nAssistant:",
-    induce_template="User: {instruction} ({cue})\nAssistant:",
-    respond_template="User: {instruction} ({cue})\nAssistant:",
-    analyse_guided_template=(
-        "User: Judge the reply. It is {cue}.\nRequest: {instruction}\nReply:{response}\nAssistant:"
-    ),
-    analyse_unguided_template="User: Judge the reply.\nRequest: {instruction}\nReply:{response}\nAssistant:",
-)
+TEMPLATES = TOY_WORLD_TEMPLATES
 
 
 def _config(cls, output_dir, args, **extra):
