@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
             "goals": GOALS,
             "training": training,
             "generation": generation,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            # where the result was written is not a setting (and no machine path belongs in a result file)
+            "settings": {k: v for k, v in vars(args).items() if k != "output"},
             "rows": len(data),
             "machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread (shared 2-core CPU)",
         },
