@@ -16,7 +16,15 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "tiny_causal_lm", "tiny_encoder_classifier", "tiny_tokenizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "parameters_snapshot",
+    "tiny_causal_lm",
+    "tiny_encoder_classifier",
+    "tiny_run_args",
+    "tiny_tokenizer",
+]
 
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 
@@ -263,3 +271,35 @@ def tiny_encoder_classifier(
         return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attn_implementation)
 
     return _build_and_save("encoder_classifier", save_dir, build_model, key_args, {"vocab_size": vocab_size}, load)
+
+
+def tiny_run_args(output_dir, **overrides) -> dict:
+    """Keyword arguments of a short, deterministic, quiet CPU run for a `*Config` (fp32, no saving, constant lr, no
+    weight decay, logging every step); `overrides` win.
+
+    >>> tiny_run_args("out", max_steps=1)["max_steps"]
+    1
+    """
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "constant",
+        "weight_decay": 0.0,
+        "max_length": 64,
+        "seed": 0,
+        "use_cpu": True,
+        "bf16": False,
+        "activation_checkpointing": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        **overrides,
+    }
+
+
+def parameters_snapshot(model) -> dict:
+    """A detached copy of every named parameter (to compare weights before and after a run)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}

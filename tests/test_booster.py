@@ -14,6 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from hf_immunize import BoosterConfig, BoosterTrainer
 from hf_immunize.data.toy import make_safety_world
+from hf_immunize.testing import parameters_snapshot, tiny_run_args
 
 # ---- fixtures and helpers ----------------------------------------------------------------------------------------
 
@@ -30,25 +31,7 @@ def harmful(world):
 
 
 def _config(cls, output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_length=64,
-        seed=0,
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    return cls(**tiny_run_args(output_dir, **overrides))
 
 
 def _load(path, dropout=0.0):
@@ -67,8 +50,7 @@ def _booster(model, tokenizer, train, harmful, output_dir, cls=None, peft_config
     )
 
 
-def _params(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+_params = parameters_snapshot
 
 
 class _CaptureGrads(TrainerCallback):

@@ -23,40 +23,22 @@ from hf_immunize.methods.mistake_sft import (
     pipeline,
     plain_prompt,
 )
+from hf_immunize.testing import parameters_snapshot, tiny_run_args
 
 # ---- fixtures and helpers ----------------------------------------------------------------------------------------
 
 
 def _config(output_dir, cls=MistakeSFTConfig, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_length=256,
-        seed=0,
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-    )
-    if cls is MistakeSFTConfig:
-        kwargs.update(max_new_tokens=12, generation_batch_size=8)
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    # Critique rows quote the whole bad answer: longer than the other methods' rows.
+    extra = {"max_new_tokens": 12, "generation_batch_size": 8} if cls is MistakeSFTConfig else {}
+    return cls(**tiny_run_args(output_dir, **{"max_length": 256, **extra, **overrides}))
 
 
 def _load(path):
     return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
 
 
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+_params = parameters_snapshot
 
 
 @pytest.fixture(scope="module")

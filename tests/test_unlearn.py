@@ -19,6 +19,7 @@ from hf_immunize.evaluation.unlearning import (
     probability_familiarity,
 )
 from hf_immunize.methods.unlearn import build_generic_labels, run_whp_pipeline
+from hf_immunize.testing import parameters_snapshot, tiny_run_args
 from hf_immunize.utils import sft_config
 
 
@@ -42,25 +43,7 @@ def labelled(world, tiny_tokenizer, tiny_lm_path):
 
 
 def _config(output_dir, **overrides):
-    kwargs = dict(
-        output_dir=str(output_dir),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_length=64,
-        seed=0,
-        use_cpu=True,
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        block_size=32,
-    )
-    kwargs.update(overrides)
-    return UnlearnConfig(**kwargs)
+    return UnlearnConfig(**tiny_run_args(output_dir, **{"block_size": 32, **overrides}))
 
 
 def _trainer(model, tokenizer, world, labelled, output_dir, peft_config=None, **overrides):
@@ -76,8 +59,7 @@ def _trainer(model, tokenizer, world, labelled, output_dir, peft_config=None, **
     )
 
 
-def _params(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+_params = parameters_snapshot
 
 
 # ---- configuration ------------------------------------------------------------------------------------------------
