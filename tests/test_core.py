@@ -281,3 +281,24 @@ def test_gradient_buffer_views_share_one_flat_fp32_buffer():
     assert buf.flat.dtype == torch.float32 and len(buf) == 17
     assert torch.equal(buf.views[0], torch.full((3, 4), 1.5)) and torch.equal(buf.views[1], torch.ones(5))
     assert buf.norm().item() == pytest.approx(math.sqrt(12 * 1.5**2 + 5))
+
+
+def test_gradient_buffer_and_perturbation_keep_fp64_in_fp64():
+    """A float64 model's gradient is summed in float64 (not rounded through fp32), and its perturbed weights are
+    computed in float64: the exactness tests that run in float64 rely on both."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64)), torch.nn.Parameter(torch.randn(5))]
+    buf = GradientBuffer(params)
+    assert buf.flat.dtype == torch.float64
+    tiny = torch.full((3, 4), 1.0 + 2.0**-40, dtype=torch.float64)  # not representable in fp32
+    buf.add_([tiny, torch.ones(5)])
+    assert torch.equal(buf.views[0], tiny) and buf.views[1].dtype == torch.float64
+    assert GradientBuffer(params, dtype=torch.float32).flat.dtype == torch.float32
+
+    weight = torch.nn.Parameter(torch.tensor([1.0 + 2.0**-40, 3.0], dtype=torch.float64))
+    direction = [torch.tensor([3.0, 4.0], dtype=torch.float64)]
+    with perturbed([weight], direction, step_size=0.5, eps=0.0):
+        moved = weight.detach().clone()
+    expected = torch.tensor([1.0 + 2.0**-40 - 0.3, 3.0 - 0.4], dtype=torch.float64)
+    assert torch.allclose(moved, expected, rtol=0.0, atol=1e-15) and moved.dtype == torch.float64
+    assert weight[0].item() == 1.0 + 2.0**-40  # restored bit-exactly

@@ -1,7 +1,7 @@
 """Weight-space perturbations shared by methods that simulate an attacker's step (Booster; MLAC's adversary later).
 
-- :class:`GradientBuffer`: one flat fp32 buffer with a view per trainable tensor, so a gradient summed over several
-  micro-batches can be all-reduced in one call and its global norm taken in one place.
+- :class:`GradientBuffer`: one flat fp32 buffer (fp64 for fp64 models) with a view per trainable tensor, so a
+  gradient summed over several micro-batches can be all-reduced in one call and its global norm taken in one place.
 - :func:`global_norm`: one L2 norm over all tensors together (not per tensor, not per layer).
 - :func:`perturbed`: moves the weights by `-step_size · d / (‖d‖ + eps)` and restores them **bit-exactly** from a
   saved copy. Adding the step back (`w + α·d/n`) does not give `w` back in floating point, least of all in bf16.
@@ -41,7 +41,10 @@ def global_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 class GradientBuffer:
-    """A flat fp32 buffer with one view per parameter, shaped like it.
+    """A flat buffer with one view per parameter, shaped like it: fp32, or fp64 when a parameter is fp64.
+
+    Lower precisions (bf16, fp16) accumulate in fp32; fp64 stays fp64, so a model trained in float64 (the exactness
+    tests) gets its gradient without a round trip through fp32. Pass `dtype` to choose another.
 
     Summing per-micro-batch gradients here (instead of into `.grad`) leaves the optimizer's gradients untouched, so
     an accumulation window is never zeroed halfway. `flat` can be all-reduced in one collective.
@@ -53,14 +56,21 @@ class GradientBuffer:
     [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], device: torch.device | str | None = None):
+    def __init__(
+        self,
+        params: Sequence[torch.Tensor],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
         params = list(params)
         if not params:
             raise ValueError("`params` is empty: there is no trainable tensor to hold a gradient for.")
         self.shapes = [p.shape for p in params]
         numels = [p.numel() for p in params]
         device = params[0].device if device is None else device
-        self.flat = torch.zeros(sum(numels), dtype=torch.float32, device=device)  # (N,)
+        if dtype is None:
+            dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
+        self.flat = torch.zeros(sum(numels), dtype=dtype, device=device)  # (N,)
         self.views = [v.view(shape) for v, shape in zip(self.flat.split(numels), self.shapes, strict=True)]
 
     def __len__(self) -> int:
@@ -71,10 +81,10 @@ class GradientBuffer:
         return self
 
     def add_(self, grads: Sequence[torch.Tensor | None], alpha: float = 1.0) -> None:
-        """Adds `alpha * grads` (one entry per parameter; `None` means no gradient) into the buffer in fp32."""
+        """Adds `alpha * grads` (one entry per parameter; `None` means no gradient) into the buffer, in its dtype."""
         if len(grads) != len(self.views):
             raise ValueError(f"expected {len(self.views)} gradients, got {len(grads)}.")
-        pairs = [(v, g.to(device=v.device, dtype=torch.float32)) for v, g in zip(self.views, grads) if g is not None]
+        pairs = [(v, g.to(device=v.device, dtype=v.dtype)) for v, g in zip(self.views, grads) if g is not None]
         if pairs:
             views, values = zip(*pairs, strict=True)
             torch._foreach_add_(list(views), list(values), alpha=alpha)
@@ -100,7 +110,8 @@ def perturbed(
     non-finite norm (an overflowed gradient) moves nothing either, instead of writing NaN into the weights. Yields
     the global norm of `direction` (fp32, 0-dim; or `norm` as given).
 
-    fp32 parameters move by `p.add_(d, alpha=-scale)`; others get the step computed in fp32 and rounded once.
+    fp32 parameters move by `p.add_(d, alpha=-scale)`; others get the step computed in fp32 (fp64 for fp64
+    parameters) and rounded once.
 
     >>> w = torch.nn.Parameter(torch.tensor([1.0, 1.0]))
     >>> with perturbed([w], [torch.tensor([3.0, 4.0])], step_size=0.5) as norm:
@@ -131,7 +142,8 @@ def perturbed(
                     torch._foreach_add_([t for t, _ in same], [d.to(t.device) for t, d in same], alpha=-scale)
                 for t, d in zip(targets, direction):
                     if not t.dtype == d.dtype == torch.float32:
-                        t.copy_(t.to(torch.float32) - d.to(device=t.device, dtype=torch.float32) * scale)
+                        work = torch.promote_types(t.dtype, torch.float32)  # bf16/fp16 -> fp32; fp64 stays fp64
+                        t.copy_(t.to(work) - d.to(device=t.device, dtype=work) * scale)
         yield norm
     finally:
         with torch.no_grad():
