@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hf_immunize.demo import DemoSettings, alignment_peft_config, pretrain_safety_model, sft_align
-from hf_immunize.evaluation.attack import AttackConfig, run_attack
+from hf_immunize.evaluation.attack import AttackConfig, attack_preset, run_attack
 from hf_immunize.evaluation.report import ImmunizationReport, mean_std
 from hf_immunize.evaluation.sweep import sweep_attacks
 from hf_immunize.utils import detached_copy
@@ -43,17 +43,7 @@ def register_arm(name: str, fn: Callable) -> None:
 
 def _standard_attack() -> AttackConfig:
     # Chosen so that the undefended SFT baseline clearly breaks (>= 50 points): see benchmarks/README.md.
-    return AttackConfig(
-        n_samples=500,
-        harmful_ratio=0.1,
-        learning_rate=1e-4,
-        num_epochs=3,
-        batch_size=10,
-        mode="full",
-        eval_every=25,
-        max_new_tokens=24,
-        max_length=64,
-    )
+    return attack_preset("toy")
 
 
 @dataclass

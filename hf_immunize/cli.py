@@ -12,10 +12,12 @@ COMMANDS = {
     "mistake-sft": ("hf_immunize.commands.mistake_sft", "mistake analysis pipeline and SFT (scripts/mistake_sft.py)"),
     "unlearn": ("hf_immunize.commands.unlearn", "WHP unlearning (reinforce, labels, fine-tune) or GA/GradDiff/NPO"),
     "demo": ("hf_immunize.demo", "the short efficacy benchmark on the offline safety world (make demo)"),
-    "attack": (
-        "hf_immunize.evaluation.attack_cli",
-        "fine-tuning attack on a saved model; prints a table, writes JSON + PNG",
+    "attack": ("hf_immunize.commands.attack", "fine-tuning attack on saved models; prints a table, writes JSON + PNG"),
+    "evaluate": (
+        "hf_immunize.commands.evaluate",
+        "measure a saved model as its method's claim is stated; --write_card puts the report on its card",
     ),
+    "push": ("hf_immunize.commands.push", "upload a saved model folder (weights, tokenizer, card, plot) to the Hub"),
     "bench": ("hf_immunize.benchmark", "the efficacy benchmark: every arm, 3 seeds, standard attack and sweep"),
 }
 

@@ -21,13 +21,16 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
+
+from hf_immunize.utils import atomic_write, staged_write
 
 __all__ = [
     "PLOT_NAME",
     "REPORT_NAME",
+    "hub_model_id",
+    "canonical_method",
     "is_local_path",
     "load_report",
     "method_section",
@@ -35,6 +38,7 @@ __all__ = [
     "render_model_card",
     "template_path",
     "write_model_card",
+    "write_run_record",
 ]
 
 PLOT_NAME = "immunization_report.png"
@@ -85,6 +89,19 @@ def section_template(method: str | None) -> str | None:
     return _SECTIONS.get(method.strip().lower().replace(" ", "-"))
 
 
+_CANONICAL = {"booster.md": "booster", "mlac.md": "mlac", "unlearn.md": "unlearn", "mistake_sft.md": "mistake-sft"}
+
+
+def canonical_method(method: str | None) -> str | None:
+    """The method's name as `hf-immunize evaluate --method` takes it (`booster`, `mlac`, `unlearn`, `mistake-sft`)
+    for any of its tags or names, or None.
+
+    >>> canonical_method("mistake-analysis"), canonical_method("whp"), canonical_method("sft")
+    ('mistake-sft', 'unlearn', None)
+    """
+    return _CANONICAL.get(section_template(method) or "")
+
+
 def method_section(method: str, **context) -> dict[str, str]:
     """`{"description": ..., "limitations": ...}` of `method` from its `model_cards/<method>.md` macros.
 
@@ -101,7 +118,7 @@ def method_section(method: str, **context) -> dict[str, str]:
         raise ValueError(f"`method`: no card section for {method!r}; known methods: {sorted(set(_SECTIONS))}.")
     env = jinja2.Environment(undefined=jinja2.ChainableUndefined, keep_trailing_newline=False)
     source = template_path(name).read_text(encoding="utf-8")
-    defaults = {"alpha": None, "dictionary_size": None, "forget_corpus": None, "grader": None}
+    defaults = {"alpha": None, "dictionary_size": None, "forget_corpus": None, "grader": None, "has_report": False}
     module = env.from_string(source).make_module({**defaults, **context})
     return {part: str(getattr(module, part)()).strip() for part in ("description", "limitations")}
 
@@ -139,6 +156,34 @@ def is_local_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith(("~", ".")) or os.path.exists(name) or "\\" in name
 
 
+# A Hub repo id: `name` or `namespace/name`, each part of letters, digits, `-`, `_`, `.` (not starting with `.`/`-`).
+_HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.\-]{0,95}/)?[A-Za-z0-9][\w.\-]{0,95}$")
+# A snapshot in the Hub cache: `.../models--<namespace>--<name>/snapshots/<revision>`.
+_CACHE_RE = re.compile(r"models--(?P<id>[^/\\]+?)(?:/|\\)snapshots(?:/|\\)")
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """The Hub id of a model name or path when one is known, else None (a card never shows a local path).
+
+    A Hub id is kept; a path into the Hub cache (`.../models--org--name/snapshots/...`) gives back `org/name`; any
+    other local path gives None.
+
+    >>> hub_model_id("meta-llama/Llama-2-7b-hf"), hub_model_id("/tmp/run/model")
+    ('meta-llama/Llama-2-7b-hf', None)
+    >>> hub_model_id("/root/.cache/huggingface/hub/models--org--tiny/snapshots/abc123")
+    'org/tiny'
+    """
+    if not name:
+        return None
+    name = str(name)
+    cached = _CACHE_RE.search(name)
+    if cached:
+        return cached.group("id").replace("--", "/", 1)
+    if is_local_path(name) or not _HUB_ID_RE.match(name):
+        return None
+    return name
+
+
 def render_model_card(
     model_name: str,
     *,
@@ -160,6 +205,9 @@ def render_model_card(
     report_plot: str | None = None,
     section_context: dict | None = None,
     secrets=(),
+    library_name: str = "transformers",
+    adapter: str | None = None,
+    pipeline_tag: str | None = None,
 ):
     """Renders a card: YAML metadata (base model, datasets, tags `hf-immunize` + method, library) and the sections.
 
@@ -169,7 +217,9 @@ def render_model_card(
     ImmunizationReport` (with `report_plot`, the plot's file name relative to the card). `hyperparameters` are the
     method's settings; `training_hyperparameters` the Trainer settings that differ from `config_class`'s defaults.
     A base model or dataset given as a local path is left out of the metadata, and local paths and tokens are removed
-    from the text (:func:`redact`; `secrets` adds strings to hide).
+    from the text (:func:`redact`; `secrets` adds strings to hide). `adapter` (a PEFT type such as `"lora"`) marks
+    the weights as an adapter: `library_name: peft`, the tags `<adapter>` and `base_model:adapter:<base_model>` (only
+    when the base model's Hub id is known), as PEFT's own cards say it.
 
     >>> card = render_model_card("tiny-defended", method="booster")
     >>> card.data.tags
@@ -179,14 +229,20 @@ def render_model_card(
 
     import hf_immunize
 
-    if base_model is not None and is_local_path(base_model):
-        base_model = None
+    base_model = hub_model_id(base_model)
     datasets = [d for d in (datasets or []) if d and not is_local_path(d)]
     all_tags = (
         ["hf-immunize"] + ([method] if method else []) + [t for t in (tags or []) if t not in ("hf-immunize", method)]
     )
+    if adapter:
+        library_name = "peft"
+        all_tags = [t for t in all_tags if not t.startswith("base_model:adapter:")]
+        all_tags += [t for t in (adapter.lower(), "transformers") if t not in all_tags]
+        if base_model:
+            all_tags.append(f"base_model:adapter:{base_model}")
     if method and section_template(method):
-        section = method_section(method, **(section_context or {}))
+        context = {"has_report": report is not None, **(section_context or {})}
+        section = method_section(method, **context)
         method_description = method_description if method_description is not None else section["description"]
         limitations = limitations if limitations is not None else section["limitations"]
     if report is not None and not isinstance(report, str):
@@ -195,9 +251,10 @@ def render_model_card(
         base_model=base_model,
         datasets=datasets or None,
         tags=all_tags,
-        library_name="transformers",
+        library_name=library_name,
         license=license,
         model_name=model_name,
+        pipeline_tag=pipeline_tag,
     )
     paper = paper or {}
     card = ModelCard.from_template(
@@ -230,24 +287,17 @@ def load_report(report):
     if isinstance(report, ImmunizationReport):
         return report
     if isinstance(report, dict):
-        data = {k: v for k, v in report.items() if k != "summary"}
         try:
-            return ImmunizationReport(**data)
-        except TypeError as err:
-            raise ValueError(f"`report`: not an ImmunizationReport dict ({err}); keys: {sorted(report)}.") from None
+            return ImmunizationReport.from_dict(report)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"`report`: not an ImmunizationReport dict ({err}).") from None
     if isinstance(report, str | os.PathLike):
-        path = Path(report)
-        if path.is_dir():
-            path = path / REPORT_NAME
-        if not path.is_file():
-            raise ValueError(
-                f"`report`: no immunization report at {str(report)!r} (expected a JSON file or a folder "
-                f"holding {REPORT_NAME})."
-            )
         try:
-            return ImmunizationReport.load(path)
-        except (json.JSONDecodeError, TypeError) as err:
-            raise ValueError(f"`report`: {str(path)!r} is not an immunization report JSON ({err}).") from None
+            return ImmunizationReport.load(report)
+        except FileNotFoundError as err:
+            raise ValueError(f"`report`: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"`report`: {str(report)!r}: {err}") from None
     raise TypeError(
         f"`report` must be an ImmunizationReport, its dict, or a path to its JSON file or folder, got "
         f"{type(report).__name__}."
@@ -264,41 +314,44 @@ def _report_plot_source(report) -> Path | None:
     return png if png.is_file() else None
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Calls `write(tmp_path)` and moves the result onto `path`: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)  # keeps the format
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def write_run_record(directory: str | os.PathLike, record: dict, secrets=()) -> Path:
+    """Writes `hf_immunize.json` (the run record: method, prompt format, the card's inputs) into `directory`, without
+    tokens or local paths (it is uploaded with the model)."""
+    from hf_immunize.evaluation.formatting import RUN_RECORD_NAME
+
+    directory = Path(directory)
+    text = redact(json.dumps(record, indent=2, default=str), secrets=secrets, paths=[directory.resolve()])
+    path = directory / RUN_RECORD_NAME
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
+    return path
 
 
 def write_model_card(output_dir: str | os.PathLike, model_name: str, *, report=None, **render_kwargs) -> Path:
     """Writes `output_dir/README.md` and, with a `report`, its plot and JSON beside it; returns the card's path.
 
     `render_kwargs` go to :func:`render_model_card`. The plot is copied from beside a report given as a path, or
-    drawn from the report's data, and redrawn only when the report changed. Every file is written atomically.
+    drawn from the report's data (and kept when the report is unchanged). Everything is rendered and written to temporary files first and only then moved
+    into place, so a failure (a folder that cannot be written, a full disk) leaves the previous card, plot and JSON
+    as they were: nothing half-written.
     """
     output_dir = Path(output_dir)
+    source_png = _report_plot_source(report) if report is not None else None
+    report = load_report(report) if report is not None else None
+    card = render_model_card(model_name, report=report, report_plot=PLOT_NAME if report else None, **render_kwargs)
+    if output_dir.exists() and not os.access(output_dir, os.W_OK):
+        raise PermissionError(f"cannot write the model card: {str(output_dir)!r} is not writable.")
+    writers = {}
     if report is not None:
-        source_png = _report_plot_source(report)
-        report = load_report(report)
         secrets = render_kwargs.get("secrets", ())
         text = redact(json.dumps(report.to_dict(), indent=2), secrets=secrets, paths=[output_dir.resolve()])
         json_path, png_path = output_dir / REPORT_NAME, output_dir / PLOT_NAME
         unchanged = json_path.is_file() and png_path.is_file() and json_path.read_text() == text
-        if not unchanged:
+        if not unchanged:  # an unchanged report keeps its plot (drawing one costs about a second)
             if source_png is not None:
-                _atomic_write(png_path, lambda tmp: shutil.copyfile(source_png, tmp))
+                writers[PLOT_NAME] = lambda tmp: shutil.copyfile(source_png, tmp)
             else:
-                _atomic_write(png_path, report.plot)
-            _atomic_write(json_path, lambda tmp: tmp.write_text(text))
-    card = render_model_card(model_name, report=report, report_plot=PLOT_NAME if report else None, **render_kwargs)
-    card_path = output_dir / "README.md"
-    _atomic_write(card_path, lambda tmp: tmp.write_text(str(card), encoding="utf-8"))
-    return card_path
+                writers[PLOT_NAME] = report.plot
+            writers[REPORT_NAME] = lambda tmp: tmp.write_text(text)
+    writers["README.md"] = lambda tmp: tmp.write_text(str(card), encoding="utf-8")
+    staged_write(output_dir, writers)
+    return output_dir / "README.md"

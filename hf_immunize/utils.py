@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CPU_TRAINING_DEFAULTS", "OFFLINE_ENV", "detached_copy", "set_offline_env", "sft_config"]
+__all__ = [
+    "CPU_TRAINING_DEFAULTS",
+    "OFFLINE_ENV",
+    "atomic_write",
+    "detached_copy",
+    "set_offline_env",
+    "sft_config",
+    "staged_write",
+]
 
 # Hub offline, no telemetry, one CPU thread: for tests and benchmarks. Must be set before any HF library is imported
 # (`HF_ENDPOINT` and the offline flags are read at import time), so this module imports nothing heavy.
@@ -78,6 +86,57 @@ def detached_copy(model):
         if code is not None and code.co_name == "_fused_forward":
             del module.__dict__["forward"]
     return clone
+
+
+def atomic_write(path, write) -> None:
+    """Calls `write(tmp_path)` on a temporary file beside `path` and moves it onto `path`: never a half-written file.
+
+    The temporary name keeps `path`'s suffix (writers such as matplotlib pick the format from it).
+    """
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a published file is world-readable like any other
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def staged_write(directory, writers: dict) -> None:
+    """Writes several files of `directory` as one step: `writers[name](tmp_path)` fills a temporary file per name,
+    and only when all of them succeeded are they moved into place (a failure removes the temporaries and leaves every
+    existing file untouched)."""
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in writers.items():
+            target = directory / name
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=directory)
+            os.close(fd)
+            staged.append((Path(tmp), target))
+            write(Path(tmp))
+            os.chmod(tmp, 0o644)
+        for name, (tmp, target) in zip(writers, staged):
+            if target.is_dir():
+                raise IsADirectoryError(f"cannot write {name}: {str(target)!r} is a directory.")
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def bf16_supported() -> bool:

@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard
 from hf_immunize.core.trainer_mixin import ImmunizeTrainerMixin
 from hf_immunize.data.toy import make_safety_world
 from hf_immunize.evaluation.attack import AttackResult
+from hf_immunize.evaluation.formatting import RUN_RECORD_NAME
 from hf_immunize.evaluation.report import ImmunizationReport
 from hf_immunize.model_card import (
     PLOT_NAME,
@@ -90,7 +91,7 @@ def test_card_has_no_local_paths_or_tokens(
     trainer.create_model_card(dataset_name=["toy/safety", str(tmp_path / "local.jsonl")], tags="demo")
 
     files = {p.name: p.read_text(errors="replace") for p in out.iterdir() if p.suffix in (".md", ".json")}
-    assert set(files) == {"README.md", REPORT_NAME}
+    assert set(files) == {"README.md", REPORT_NAME, RUN_RECORD_NAME}  # the run record is uploaded too
     for name, text in files.items():
         for secret in (TOKEN, TOKEN[::-1], str(tiny_lm_path), str(tmp_path), str(out), str(os.path.expanduser("~"))):
             assert secret not in text, f"{name} contains {secret!r}"
@@ -101,6 +102,8 @@ def test_card_has_no_local_paths_or_tokens(
     assert meta["tags"][:2] == ["hf-immunize", "booster"] and "demo" in meta["tags"]
     assert "| `learning_rate` | `0.0003` |" in card and "hub_token" not in card and "output_dir" not in card
     assert json.loads(files[REPORT_NAME])["defended"][0]["after"]["harmful_score"] == 25.0
+    record = json.loads(files[RUN_RECORD_NAME])
+    assert record["method"] == "booster" and record["prompt_format"] == "raw" and record["card"]["base_model"] is None
 
 
 def test_card_carries_the_report_and_links_its_plot(tiny_lm, tiny_tokenizer, world, report, tmp_path):
@@ -138,7 +141,7 @@ def test_bad_reports_fail_early_and_name_the_argument(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(ValueError, match="not an immunization report JSON"):
         load_report(tmp_path / "x.json")
-    with pytest.raises(ValueError, match="keys: \\['foo'\\]"):
+    with pytest.raises(ValueError, match="unknown keys \\['foo'\\]"):
         load_report({"foo": 1})
     with pytest.raises(TypeError, match="got int"):
         load_report(3)
@@ -221,9 +224,11 @@ def test_write_model_card_is_atomic_and_reuses_an_unchanged_plot(report, tmp_pat
 
     monkeypatch.setattr(ImmunizationReport, "plot", broken)
     changed = ImmunizationReport.from_results("booster", "m", [_result(1.0, 2.0)])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(RuntimeError, match="plot failed"):
         write_model_card(tmp_path, "m", report=changed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", REPORT_NAME, PLOT_NAME]  # no temp files
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # card, JSON and plot all as they were
 
 
 class _PlainSFT(ImmunizeTrainerMixin, __import__("trl").SFTTrainer):
@@ -269,9 +274,9 @@ def test_card_with_report_is_written_at_every_checkpoint(
     trainer.set_immunization_report(report)
     renders = []
 
-    def counting(*args, **kwargs):
-        renders.append(trainer.state.global_step)
-        return write_model_card(*args, **kwargs)
+    def counting(directory, *args, **kwargs):
+        renders.append((trainer.state.global_step, os.path.basename(directory)))
+        return write_model_card(directory, *args, **kwargs)
 
     monkeypatch.setattr("hf_immunize.model_card.write_model_card", counting)
     trainer.train()
@@ -280,7 +285,11 @@ def test_card_with_report_is_written_at_every_checkpoint(
     assert _metadata(card)["tags"][:2] == ["hf-immunize", method] and "## Immunization report" in card
     assert (tmp_path / PLOT_NAME).is_file()
     assert "- sft" not in card and "trl" not in _metadata(card)["tags"]
-    assert renders == [1, 2]  # once per checkpoint: TRL's own call in `SFTTrainer._save_checkpoint` is muted
+    # Once per checkpoint into output_dir (TRL's own call in `SFTTrainer._save_checkpoint` is muted) and once into the
+    # checkpoint folder itself (by `save_model`), so a checkpoint carries our card, not PEFT's or none.
+    expected = [(step, name) for step in (1, 2) for name in (tmp_path.name, f"checkpoint-{step}")]
+    assert renders == expected
+    assert "## Immunization report" in (tmp_path / "checkpoint-2" / "README.md").read_text()
 
 
 def test_unlearning_settings_line_has_no_stray_separators():

@@ -29,14 +29,14 @@ class MyTrainer(ImmunizeTrainerMixin, SFTTrainer):
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from transformers.utils import logging
+
+from hf_immunize.core.hub import hub_errors, push_folder
 
 logger = logging.get_logger(__name__)
 
@@ -110,6 +110,9 @@ class ImmunizeTrainerMixin:
             cls.__init__ = _removes_new_empty_output_dir_on_error(vars(cls)["__init__"])
 
     def __init__(self, *args, **kwargs):
+        # How the training rows are rendered, recorded at save time so the evaluation prompts match (chat or raw).
+        train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+        self._hf_immunize_prompt_format = _training_prompt_format(train_dataset)
         super().__init__(*args, **kwargs)
         self._immunize_metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
@@ -175,16 +178,38 @@ class ImmunizeTrainerMixin:
             return self.accelerator.reduce(tensor, reduction="sum")
         return tensor
 
-    def _refuse_sharded_training(self, method: str) -> None:
-        """Raises when FSDP or DeepSpeed manage the parameters: their shards make per-tensor weight edits and
-        local gradient norms wrong, and nothing in this package has been verified under them."""
-        if getattr(self, "is_fsdp_enabled", False) or getattr(self, "is_deepspeed_enabled", False):
-            backend = "FSDP" if getattr(self, "is_fsdp_enabled", False) else "DeepSpeed"
+    def _refuse_sharded_training(self, method: str, edits_weights: bool = True) -> None:
+        """Refuses, before any compute, the sharded engines a method has not been verified under.
+
+        FSDP2 (`fsdp_version: 2`) is supported by every method: Booster's and MLAC's weight edits, norms and extra
+        gradients act on the local shards (:mod:`hf_immunize.core.sharding`). Refused: FSDP1 (flat parameters) for
+        every method; for methods that edit the weights between passes (`edits_weights`), DeepSpeed (ZeRO flattens
+        and partitions the parameters) and FSDP2 with parameters offloaded to the CPU.
+        """
+        engine = "recipes/accelerate/fsdp.yaml (`fsdp_version: 2`)"
+        if edits_weights and getattr(self, "is_deepspeed_enabled", False):
             raise ValueError(
-                f"{method} does not support {backend}: it edits and restores the trainable weights between passes "
-                f"and takes one global gradient norm, which {backend}'s sharded/flattened parameters break. Use "
-                "single-device or DDP training (e.g. `accelerate launch --multi_gpu`), with LoRA/QLoRA for large "
-                "models."
+                f"{method} does not support DeepSpeed: it edits and restores the trainable weights between passes and "
+                "takes one global gradient norm, which ZeRO's flattened, partitioned parameters break. To shard a "
+                f"model that does not fit one device use FSDP2 (`accelerate launch --config_file {engine}`); when it "
+                "fits, use DDP (recipes/accelerate/ddp.yaml), with LoRA/QLoRA for large models."
+            )
+        if not getattr(self, "is_fsdp_enabled", False):
+            return
+        plugin = self.accelerator.state.fsdp_plugin
+        version = getattr(plugin, "fsdp_version", 1)
+        if version != 2:
+            raise ValueError(
+                f"{method} does not support FSDP{version} (`fsdp_version: {version}`): only FSDP2 is verified (FSDP1 "
+                "flattens the parameters into one buffer per unit). Set `fsdp_version: 2` in the accelerate config, "
+                f"as in {engine}, or `fsdp_config={{'version': 2}}` in the training arguments."
+            )
+        if edits_weights and _offloads_parameters(plugin):
+            raise ValueError(
+                f"{method} does not support FSDP2 with the parameters offloaded to the CPU (`fsdp_offload_params: "
+                "true`): it perturbs and restores the parameter shards and keeps gradient buffers beside them between "
+                "its extra passes, which is not verified with offloaded shards. Set `fsdp_offload_params: false` and "
+                "shard over more GPUs, or train LoRA/QLoRA adapters."
             )
 
     # ---- numerical guard -------------------------------------------------------------------------------------
@@ -201,11 +226,18 @@ class ImmunizeTrainerMixin:
         """Before every optimizer step: when any gradient is NaN or infinite (a NaN loss, an overflowing harmful
         gradient, ...), drop all gradients so that the step leaves every weight (and the optimizer's moments)
         untouched, count the skip as `nonfinite_steps_skipped` and warn. Gradients are already all-reduced here, so
-        every process skips the same steps."""
+        every process skips the same steps; under FSDP2 each process holds only its shards, so the verdict is
+        reduced over the processes."""
+        from hf_immunize.core.sharding import is_sharded, local_tensors
+
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not grads:
             return
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        sharded = is_sharded(grads)
+        local = [g for g in local_tensors(grads) if g.numel()] if sharded else grads
+        finite = torch.stack([torch.isfinite(g).all() for g in local]).all() if local else torch.tensor(True)
+        if sharded:  # a NaN in one process's shard must skip the step everywhere
+            finite = self._reduce_sum((~finite).to(device=self.args.device, dtype=torch.int32)) == 0
         if bool(finite):
             return
         for group in optimizer.param_groups:
@@ -275,15 +307,16 @@ class ImmunizeTrainerMixin:
             **kw,
         )
 
-    # ---- model card -------------------------------------------------------------------------------------------
+    # ---- model card -----------------------------------------------------------------------------------------
 
     def set_immunization_report(self, report) -> None:
-        """Attaches an immunization report to every card this trainer writes (checkpoints, `push_to_hub`).
+        """Attaches an immunization report to every card this trainer writes (`save_model`, checkpoints,
+        `push_to_hub`).
 
         `report`: an :class:`~hf_immunize.evaluation.report.ImmunizationReport`, its dict, its JSON file, or the
         folder `ImmunizationReport.save` wrote (its PNG is then copied, not redrawn); None detaches it. The card gets
-        the attack settings and the before/after table, and the plot is written next to it as
-        `immunization_report.png`.
+        how it was measured and the tables, and the plot is written next to it as `immunization_report.png`.
+        :meth:`measure_immunization` measures the saved model and attaches the result itself.
         """
         from hf_immunize.model_card import load_report
 
@@ -295,6 +328,41 @@ class ImmunizeTrainerMixin:
     def immunization_report(self):
         """The report attached by :meth:`set_immunization_report` (as given), or None."""
         return getattr(self, "_immunization_report", None)
+
+    def measure_immunization(
+        self, data=None, *, baseline=None, output_dir: str | None = None, write_card: bool = True, **options
+    ):
+        """Saves the model, measures the saved model the way the method's claim is stated, attaches the report and
+        rewrites the card: train → measure → card in one script. Returns the
+        :class:`~hf_immunize.evaluation.report.ImmunizationReport`.
+
+        `data`: the protocol's evaluation data (:class:`~hf_immunize.evaluation.protocols.SafetyEvalData` for
+        Booster and MistakeSFT, `BlockedTaskData` for MLAC, `UnlearningEvalData` for unlearning); None uses the
+        method's offline toy world. `baseline`: a saved undefended model, measured the same way. `options` go to
+        :func:`~hf_immunize.evaluation.protocols.measure_saved_model` (`attack_config`, `seeds`, `relearn`,
+        `max_eval_samples`, `progress`, ...). Only the main process measures; call it after `train()`.
+        """
+        from hf_immunize.evaluation.protocols import measure_saved_model
+        from hf_immunize.model_card import canonical_method
+
+        output_dir = output_dir or self.args.output_dir
+        self.save_model(output_dir)
+        if not self.is_world_process_zero():
+            return None
+        method = canonical_method(self._card_method())
+        if method is None:
+            raise ValueError(f"{type(self).__name__} declares no hf_immunize method among its tags {self._tag_names}.")
+        report = measure_saved_model(
+            output_dir, method, data, baseline=baseline, **{**self._measure_options(), **options}
+        )
+        self.set_immunization_report(report)
+        if write_card:
+            self._write_card(output_dir)
+        return report
+
+    def _measure_options(self) -> dict:
+        """Method-specific arguments of the measurement protocol (e.g. MistakeSFT's prompt builders)."""
+        return {}
 
     def _card_method(self) -> str | None:
         """Key of the method's section template in `model_cards/` (default: the first tag that has one)."""
@@ -311,7 +379,8 @@ class ImmunizeTrainerMixin:
         return _non_default_fields(self.args, _method_fields(type(self.args)))
 
     def _card_training_hyperparameters(self) -> dict:
-        """Trainer settings (learning rate, steps, batch size, ...) that differ from the config class's defaults."""
+        """Trainer settings (learning rate, steps, batch size, ...) that differ from the config class's defaults (as
+        the class resolves them on this device: `bf16: False` on a CPU run is the default, not a change)."""
         return _non_default_fields(self.args, _TRAINING_FIELDS)
 
     def _card_training_data(self, dataset_names: list[str]) -> list[str]:
@@ -323,6 +392,13 @@ class ImmunizeTrainerMixin:
             dataset = getattr(self, attr, None)
             if dataset is not None and not isinstance(dataset, dict) and hasattr(dataset, "__len__"):
                 lines.append(f"{label}: {len(dataset)} rows")
+        for attr, label in (("harmful_stream", "harmful set"), ("retain_stream", "retain set")):
+            dataset = getattr(getattr(self, attr, None), "dataset", None)  # the second stream of core/paired.py
+            if dataset is not None and hasattr(dataset, "__len__"):
+                lines.append(f"{label}: {len(dataset)} rows")
+        if getattr(self, "_hf_immunize_prompt_format", None):
+            shown = {"chat": "conversational, rendered with the tokenizer's chat template", "raw": "plain text"}
+            lines.append(f"prompt format: {shown[self._hf_immunize_prompt_format]}")
         return lines
 
     def _card_method_description(self) -> str | None:
@@ -341,6 +417,101 @@ class ImmunizeTrainerMixin:
         hub_id = self.args.hub_model_id
         return hub_id.split("/")[-1] if hub_id else Path(self.args.output_dir).name
 
+    def _card_base_model(self, finetuned_from: str | None = None) -> tuple[str | None, str | None]:
+        """`(Hub id of the base model or None, PEFT type such as "lora" or None)`.
+
+        Under PEFT the base is the adapter's `base_model_name_or_path`. A local base model counts as known when it is
+        a Hub cache snapshot or was itself saved by hf_immunize with a known base; otherwise it is left out.
+        """
+        from hf_immunize.evaluation.formatting import read_run_record
+        from hf_immunize.model_card import hub_model_id
+
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        peft_config = getattr(model, "peft_config", None)
+        adapter = None
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") or None
+        if isinstance(peft_config, dict) and peft_config:
+            active = getattr(model, "active_adapter", None)
+            config = peft_config.get(active) if isinstance(active, str) else next(iter(peft_config.values()))
+            config = config or next(iter(peft_config.values()))
+            adapter = str(getattr(config.peft_type, "value", config.peft_type)).lower()
+            name = config.base_model_name_or_path or name
+        name = finetuned_from or name
+        found = hub_model_id(name)
+        if found is None and name and os.path.isdir(name):
+            found = hub_model_id(((read_run_record(name) or {}).get("card") or {}).get("base_model"))
+        return found, adapter
+
+    def _card_pipeline_tag(self) -> str | None:
+        model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
+        base = getattr(model, "get_base_model", lambda: model)()
+        name = type(base).__name__
+        if name.endswith("ForCausalLM"):
+            return "text-generation"
+        if name.endswith("ForSequenceClassification"):
+            return "text-classification"
+        return None
+
+    def _card_kwargs(self, model_name=None, dataset_name=None, tags=None, **kwargs) -> dict:
+        """Everything the card is rendered from except the report: the inputs of
+        :func:`hf_immunize.model_card.write_model_card`, also saved in the run record for re-rendering."""
+        user_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        dataset_names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
+        base_model, adapter = self._card_base_model(kwargs.get("finetuned_from"))
+        return {
+            "model_name": model_name or self._card_model_name(),
+            "base_model": base_model,
+            "adapter": adapter,
+            "pipeline_tag": self._card_pipeline_tag(),
+            "datasets": dataset_names or None,
+            "tags": list(dict.fromkeys([*self._tag_names, *user_tags])),
+            "method": self._card_method(),
+            "method_title": self._name,
+            "method_description": self._card_method_description(),
+            "paper": self._paper,
+            "license": kwargs.get("license"),
+            "training_data": self._card_training_data(dataset_names) or None,
+            "hyperparameters": self._card_hyperparameters() or None,
+            "training_hyperparameters": self._card_training_hyperparameters() or None,
+            "config_class": type(self.args).__name__,
+            "limitations": self._card_limitations(),
+            "section_context": self._card_template_context(),
+        }
+
+    def _card_secrets(self) -> list[str]:
+        return [self.args.hub_token] if self.args.hub_token else []
+
+    def _write_card(self, directory) -> None:
+        """Writes the card (with the attached report) and the run record into `directory`."""
+        from hf_immunize.model_card import write_model_card
+
+        card_kwargs = self._card_kwargs(**getattr(self, "_card_options", {}))
+        from hf_immunize.model_card import write_run_record
+
+        write_run_record(directory, self._run_record(card_kwargs), secrets=self._card_secrets())
+        write_model_card(directory, report=self.immunization_report, secrets=self._card_secrets(), **card_kwargs)
+
+    def _run_record(self, card_kwargs: dict) -> dict:
+        """What `hf_immunize.json` holds: the method, the prompt format of the training data, the card's inputs and
+        the method's evaluation settings, so the saved model can be measured and its card re-rendered later."""
+        import hf_immunize
+        from hf_immunize.model_card import canonical_method
+
+        pipeline = card_kwargs.get("pipeline_tag")
+        return {
+            "hf_immunize_version": hf_immunize.__version__,
+            "method": canonical_method(self._card_method()),
+            "trainer": type(self).__name__,
+            "task": pipeline,
+            "prompt_format": getattr(self, "_hf_immunize_prompt_format", None),
+            "card": card_kwargs,
+            "evaluation": self._run_record_evaluation(),
+        }
+
+    def _run_record_evaluation(self) -> dict:
+        """Method settings the measurement needs later (e.g. MistakeSFT's prompt templates); override to add."""
+        return {}
+
     def create_model_card(
         self,
         model_name: str | None = None,
@@ -351,45 +522,32 @@ class ImmunizeTrainerMixin:
         """Writes `output_dir/README.md` from our card template (TRL's template lookup cannot reach our files).
 
         Also takes `Trainer.create_model_card`'s `license` and `finetuned_from` (passed on by `push_to_hub`), and
-        `report` (see :meth:`set_immunization_report`). With a report attached, its plot and JSON are written beside
-        the card.
+        `report` (see :meth:`set_immunization_report`). The options are remembered: later saves render the same
+        card. With a report attached, its plot and JSON are written beside the card.
         """
         if not self.is_world_process_zero() or getattr(self, "_card_written_by_checkpoint_hook", False):
             return
-        from hf_immunize.model_card import write_model_card
-
-        report = kwargs.get("report", kwargs.get("immunization_report"))
+        report = kwargs.pop("report", kwargs.pop("immunization_report", None))
         if report is not None:
             self.set_immunization_report(report)
-        name_or_path = getattr(getattr(self.model, "config", None), "_name_or_path", "") or ""
-        base_model = kwargs.get("finetuned_from") or name_or_path or None
-        user_tags = [tags] if isinstance(tags, str) else list(tags or [])
-        dataset_names = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
-        write_model_card(
-            self.args.output_dir,
-            model_name or self._card_model_name(),
-            report=self.immunization_report,
-            base_model=base_model,
-            datasets=dataset_names or None,
-            tags=list(dict.fromkeys([*self._tag_names, *user_tags])),
-            method=self._card_method(),
-            method_title=self._name,
-            method_description=self._card_method_description(),
-            paper=self._paper,
-            license=kwargs.get("license"),
-            training_data=self._card_training_data(dataset_names) or None,
-            hyperparameters=self._card_hyperparameters() or None,
-            training_hyperparameters=self._card_training_hyperparameters() or None,
-            config_class=type(self.args).__name__,
-            limitations=self._card_limitations(),
-            section_context=self._card_template_context(),
-            secrets=[self.args.hub_token] if self.args.hub_token else (),
-        )
+        options = {k: v for k, v in kwargs.items() if k in ("license", "finetuned_from")}
+        self._card_options = {"model_name": model_name, "dataset_name": dataset_name, "tags": tags, **options}
+        self._write_card(self.args.output_dir)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`, then our card and run record in the same folder, written after PEFT has written
+        its own `README.md` (whose metadata would name a local base path), with or without LoRA."""
+        super().save_model(output_dir, _internal_call=True)
+        directory = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save and self.is_world_process_zero() and os.path.isdir(directory):
+            self._write_card(directory)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def _save_checkpoint(self, model, trial) -> None:
         # The card (with the attached report) is written at every checkpoint, before the checkpoint may be pushed;
         # TRL's own hook in `SFTTrainer._save_checkpoint` is muted so the card is rendered once.
-        self.create_model_card(model_name=self._card_model_name())
+        self.create_model_card(**getattr(self, "_card_options", {"model_name": self._card_model_name()}))
         self._card_written_by_checkpoint_hook = True
         try:
             super()._save_checkpoint(model, trial)
@@ -409,19 +567,19 @@ class ImmunizeTrainerMixin:
     ):
         """`Trainer.push_to_hub` (save, card, upload `output_dir`) that uploads no pickle and explains network errors.
 
-        Uploaded: the safetensors weights, config, tokenizer, `README.md` and the report's plot and JSON. Left out,
-        besides the Trainer's `_*` and `checkpoint-*`: `*.bin`, `*.pt`, `*.pth`, `*.pkl` (e.g. `training_args.bin`,
-        a pickle that holds `hub_token` when one was given). `kwargs` go to :meth:`create_model_card` (`model_name`,
-        `dataset_name`, `tags`, `license`, `finetuned_from`, `report`).
+        Uploaded (:func:`hf_immunize.core.hub.push_folder`): the safetensors weights, config, tokenizer, `README.md`,
+        the report's plot and JSON and `hf_immunize.json`. Left out, besides the Trainer's `_*` and `checkpoint-*`:
+        `*.bin`, `*.pt`, `*.pth`, `*.pkl` (e.g. `training_args.bin`, a pickle that holds `hub_token` when one was
+        given). An adapter on a local base model is published with the base's Hub id (`finetuned_from`, or the one
+        known at save time). `kwargs` go to :meth:`create_model_card` (`model_name`, `dataset_name`, `tags`,
+        `license`, `finetuned_from`, `report`).
         """
-        from transformers.utils.hub import hf_api
-
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         model_name = kwargs.pop("model_name", None)
         if model_name is None and self.args.should_save:
             model_name = self._card_model_name()
         token = token if token is not None else self.args.hub_token
-        with _hub_errors(self.args.hub_model_id or Path(self.args.output_dir).name):
+        with hub_errors(self.args.hub_model_id or Path(self.args.output_dir).name):
             if self.hub_model_id is None:
                 self.init_hf_repo(token=token, private=private)
         self.save_model(_internal_call=True)
@@ -432,20 +590,17 @@ class ImmunizeTrainerMixin:
         tags += [t for t in (getattr(self.model, "model_tags", None) or []) if t not in tags]
         self.create_model_card(model_name=model_name, tags=tags or None, **kwargs)
         self._finish_current_push()
-        with _hub_errors(self.hub_model_id):
-            return hf_api().upload_folder(
-                repo_id=self.hub_model_id,
-                folder_path=self.args.output_dir,
-                commit_message=commit_message,
-                token=token,
-                run_as_future=not blocking,
-                ignore_patterns=list(_PUSH_IGNORE),
-                revision=revision if revision is not None else self.args.hub_revision,
-            )
+        return push_folder(
+            self.args.output_dir,
+            self.hub_model_id,
+            token=token,
+            private=private,
+            revision=revision if revision is not None else self.args.hub_revision,
+            commit_message=commit_message,
+            base_model=kwargs.get("finetuned_from"),
+            run_as_future=not blocking,
+        )
 
-
-# Never uploaded by `push_to_hub`: the Trainer's own exclusions, then pickles (weights go as safetensors).
-_PUSH_IGNORE = ("_*", "checkpoint-*", "*.bin", "*.pt", "*.pth", "*.pkl")
 
 # TrainingArguments / SFTConfig fields that shape the optimisation and so belong on a card when not at their default.
 _TRAINING_FIELDS = (
@@ -474,6 +629,31 @@ _TRAINING_FIELDS = (
 )
 
 
+def _training_prompt_format(dataset) -> str | None:
+    """`"chat"` when the training rows are conversational (as `SFTTrainer` renders them through the chat template),
+    `"raw"` for plain-text rows, None when unknown (pre-tokenized rows, classification data, no data)."""
+    from hf_immunize.evaluation.formatting import is_conversational_value
+
+    columns = getattr(dataset, "column_names", None)
+    if not columns or not hasattr(dataset, "__len__") or len(dataset) == 0:
+        return None
+    row = dataset[0]
+    if "conversations" in columns or any(is_conversational_value(row.get(c)) for c in ("prompt", "messages")):
+        return "chat"
+    if any(isinstance(row.get(c), str) for c in ("prompt", "text", "completion")) and "label" not in columns:
+        return "raw"
+    return None
+
+
+def _offloads_parameters(fsdp_plugin) -> bool:
+    """Whether an accelerate FSDP plugin offloads the parameters to the CPU (FSDP2's `CPUOffloadPolicy`)."""
+    try:
+        from torch.distributed.fsdp import CPUOffloadPolicy
+    except ImportError:
+        return False
+    return isinstance(getattr(fsdp_plugin, "cpu_offload", None), CPUOffloadPolicy)
+
+
 def _method_fields(config_class: type) -> tuple[str, ...]:
     """Fields a config adds to the first TRL or transformers class among its bases."""
     import dataclasses
@@ -488,8 +668,19 @@ def _method_fields(config_class: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(config_class) if f.name not in inherited)
 
 
+def _device_default(args, name: str, declared):
+    """The default a config resolves on this device: `bf16` left at None (or at TRL's True) is switched on only where
+    a CUDA device supports it, so `bf16: False` on a CPU run is no change worth listing."""
+    if name == "bf16" and declared in (None, True):
+        from hf_immunize.utils import bf16_supported
+
+        return bf16_supported() and not getattr(args, "use_cpu", False)
+    return declared
+
+
 def _non_default_fields(args, names) -> dict:
-    """`{name: value}` of the dataclass fields `names` of `args` whose value differs from the field's default."""
+    """`{name: value}` of the dataclass fields `names` of `args` whose value differs from the default (the value a
+    field's declared default, as the config resolves it on this device: see :func:`_device_default`)."""
     import dataclasses
     import enum
 
@@ -508,37 +699,9 @@ def _non_default_fields(args, names) -> dict:
             default = field.default_factory()
         else:
             default = dataclasses.MISSING
+        if default is not dataclasses.MISSING:
+            default = _device_default(args, name, default)
         value = plain(getattr(args, name))
         if default is dataclasses.MISSING or value != plain(default):
             out[name] = value
     return out
-
-
-@contextlib.contextmanager
-def _hub_errors(repo_id: str | None):
-    """Turns a connection failure or offline mode during a Hub call into one clear `ConnectionError`."""
-    try:
-        yield
-    except Exception as err:
-        from huggingface_hub import constants
-        from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-        chain, cause = [], err
-        while cause is not None and len(chain) < 8:
-            chain.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        names = {type(e).__name__ for e in chain}
-        if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
-            raise ConnectionError(
-                f"push_to_hub({repo_id!r}): the Hugging Face Hub is disabled by HF_HUB_OFFLINE=1; unset it to push."
-            ) from err
-        unreachable = any(isinstance(e, ConnectionError | TimeoutError | socket.gaierror) for e in chain) or bool(
-            names & {"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "NetworkError"}
-        )
-        if unreachable and not isinstance(err, HfHubHTTPError):  # an HTTP error means the server did answer
-            raise ConnectionError(
-                f"push_to_hub({repo_id!r}): cannot reach the Hugging Face Hub at {constants.ENDPOINT} "
-                f"({type(err).__name__}: {err}). Check the network, `HF_ENDPOINT`, or push later with "
-                "`trainer.push_to_hub()`."
-            ) from err
-        raise

@@ -26,10 +26,20 @@ from datasets import Dataset
 
 from hf_immunize.utils import detached_copy
 
-from .safety_eval import evaluate_safety, first_turn
+from .formatting import PROMPT_FORMATS, resolve_prompt_format, to_attack_rows
+from .safety_eval import cap_rows, evaluate_safety, first_turn
 from .scorers import Scorer
 
-__all__ = ["ATTACK_MODES", "AttackConfig", "AttackResult", "build_attack_dataset", "load_for_attack", "run_attack"]
+__all__ = [
+    "ATTACK_MODES",
+    "AttackConfig",
+    "AttackResult",
+    "attack_pool",
+    "attack_preset",
+    "build_attack_dataset",
+    "load_for_attack",
+    "run_attack",
+]
 
 ATTACK_MODES = ("full", "lora_new", "lora_continue")
 
@@ -54,6 +64,9 @@ class AttackConfig:
         max_new_tokens (`int`, defaults to `32`): generation length when scoring.
         max_length (`int`, defaults to `256`): truncation of training rows.
         seed (`int`, defaults to `0`): drives data sampling and training.
+        prompt_format (`str`, defaults to `"auto"`): `"chat"`, `"raw"` or `"auto"`: how attack rows and evaluation
+            prompts are rendered (see :mod:`hf_immunize.evaluation.formatting`); the resolved choice is recorded.
+        max_eval_samples (`int`, *optional*): score at most this many rows of each evaluation set (the first ones).
     """
 
     n_samples: int = 1000
@@ -71,6 +84,8 @@ class AttackConfig:
     max_new_tokens: int = 32
     max_length: int = 256
     seed: int = 0
+    prompt_format: str = "auto"
+    max_eval_samples: int | None = None
 
     def __post_init__(self):
         checks = {
@@ -85,16 +100,47 @@ class AttackConfig:
             "eval_every": self.eval_every is None or self.eval_every >= 1,
             "max_new_tokens": self.max_new_tokens >= 1,
             "max_length": self.max_length >= 8,
+            "max_eval_samples": self.max_eval_samples is None or self.max_eval_samples >= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"AttackConfig: invalid `{name}` = {getattr(self, name)!r}.")
         if self.mode not in ATTACK_MODES:
             raise ValueError(f"AttackConfig: `mode` must be one of {ATTACK_MODES}, got {self.mode!r}.")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"AttackConfig: `prompt_format` must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}."
+            )
 
     @property
     def n_harmful(self) -> int:
         return round(self.n_samples * self.harmful_ratio)
+
+
+def attack_preset(name: str) -> AttackConfig:
+    """A named attack: `"toy"`, the safety benchmark's standard attack (500 rows, 10 % harmful, lr 1e-4, 3 epochs,
+    full fine-tuning: 150 steps, minutes on a CPU for the tiny models; chosen so that the undefended SFT model clearly
+    breaks, see benchmarks/README.md); `"paper"`, the Booster paper's attack (the `AttackConfig` defaults: 1000 rows,
+    lr 1e-5, 20 epochs, for 7B models on a GPU).
+
+    >>> attack_preset("toy").n_samples, attack_preset("paper").num_epochs
+    (500, 20.0)
+    """
+    if name == "toy":
+        return AttackConfig(
+            n_samples=500,
+            harmful_ratio=0.1,
+            learning_rate=1e-4,
+            num_epochs=3,
+            batch_size=10,
+            mode="full",
+            eval_every=25,
+            max_new_tokens=24,
+            max_length=64,
+        )
+    if name == "paper":
+        return AttackConfig()
+    raise ValueError(f"attack preset must be 'toy' or 'paper', got {name!r}.")
 
 
 @dataclass
@@ -135,14 +181,36 @@ class AttackResult:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
 
+def attack_pool(dataset: Dataset, name: str) -> Dataset:
+    """An attacker's pool as `prompt, completion` rows, from any layout of :mod:`hf_immunize.data`: prompt/completion
+    (instructions, GSM8K, label tasks), refusal triples `prompt, harmful, refusal` (the harmful answer is the
+    completion), BeaverTails QA (`is_safe`: unsafe rows only for the harmful pool)."""
+    columns = set(dataset.column_names)
+    if name == "harmful" and "is_safe" in columns:
+        dataset = dataset.filter(lambda r: not r["is_safe"])
+    if "completion" not in columns and "harmful" in columns and name == "harmful":
+        dataset = dataset.rename_column("harmful", "completion")
+    missing = [c for c in ("prompt", "completion") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{name} dataset: missing column(s) {missing}; found {dataset.column_names} (expected prompt/completion "
+            "rows, or for the harmful pool refusal triples prompt/harmful/refusal)."
+        )
+    return dataset
+
+
 def build_attack_dataset(harmful: Dataset, benign: Dataset, n: int, harmful_ratio: float, seed: int) -> Dataset:
     """`n` shuffled `prompt, completion` rows, `round(n·p)` drawn from `harmful` and the rest from `benign`.
 
     Rows are drawn without replacement while the pool lasts, then with replacement (a small harmful pool is reused,
-    as an attacker with few examples would run several epochs over them).
+    as an attacker with few examples would run several epochs over them). Pools are read by :func:`attack_pool`.
     """
     n_harm = round(n * harmful_ratio)
     rng = random.Random(seed)
+    if n_harm:
+        harmful = attack_pool(harmful, "harmful")
+    if n - n_harm:
+        benign = attack_pool(benign, "benign")
 
     def draw(pool: Dataset, k: int, name: str) -> list[dict]:
         if k and len(pool) == 0:
@@ -153,8 +221,12 @@ def build_attack_dataset(harmful: Dataset, benign: Dataset, n: int, harmful_rati
         order = list(range(len(pool)))
         rng.shuffle(order)
         idx = [order[i % len(order)] for i in range(k)] if k else []
-        return [{"prompt": pool[i]["prompt"], "completion": pool[i]["completion"]} for i in idx]
+        return [{c: pool[i][c] for c in keep} for i in idx]
 
+    # The bare request (`instruction`) travels with a row when both pools have it: a chat template wraps it.
+    keep = ["prompt", "completion"]
+    if all("instruction" in p.column_names for p, k in ((harmful, n_harm), (benign, n - n_harm)) if k):
+        keep.append("instruction")
     rows = draw(harmful, n_harm, "harmful") + draw(benign, n - n_harm, "benign")
     rng.shuffle(rows)
     return Dataset.from_list(rows)
@@ -216,21 +288,26 @@ def run_attack(
     *,
     task_scorer: Scorer | None = None,
     postprocess=first_turn,
-    over_refusal_prompts: list[str] | None = None,
+    over_refusal_prompts: list[str] | Dataset | None = None,
+    progress: bool = False,
 ) -> AttackResult:
     """Attacks a copy of `model` (a model or a saved directory) and scores it before, during and after.
 
-    `harmful_dataset` and `benign_dataset` hold `prompt, completion` rows (the attacker's pools); `eval_harmful` holds
-    held-out harmful `prompt`s (plus optional `keywords` and a reference answer for the loss); `eval_benign` holds
-    `prompt, answer` rows of the user's task. `scorer` gives the harmful score (default: refusal keywords).
+    `harmful_dataset` and `benign_dataset` are the attacker's pools (any layout :func:`attack_pool` reads);
+    `eval_harmful` holds held-out harmful `prompt`s (plus optional `keywords` and a reference answer for the loss);
+    `eval_benign` the user's task in any layout :func:`~hf_immunize.evaluation.safety_eval.task_eval_set` reads
+    (`answer`, GSM8K's `final_answer`, a label task). `scorer` gives the harmful score (default: refusal keywords).
+    Attack rows and evaluation prompts are rendered in `config.prompt_format` (resolved against the data and the
+    model's saved record; the result's `config["prompt_format"]` says which). `progress` shows bars for the attack's
+    training and every scoring pass.
 
     >>> from hf_immunize.data.toy import make_safety_world
     >>> from hf_immunize.testing import tiny_causal_lm, tiny_tokenizer
     >>> w = make_safety_world(n_weapons=8)
     >>> cfg = AttackConfig(n_samples=20, max_steps=2, learning_rate=1e-3, max_new_tokens=4)
     >>> r = run_attack(tiny_causal_lm(), tiny_tokenizer(), cfg, w.attack_harmful, w.attack_benign, w.eval_harmful)
-    >>> sorted(r.after)[:2]
-    ['examples', 'harmful_content']
+    >>> sorted(r.after)[:2], r.config["prompt_format"]
+    (['examples', 'harmful_content'], 'raw')
     """
     from peft import LoraConfig
     from transformers import PrinterCallback
@@ -242,9 +319,17 @@ def run_attack(
         raise TypeError(f"`config` must be an AttackConfig, got {type(config).__name__}.")
     if "prompt" not in eval_harmful.column_names:
         raise ValueError(f"`eval_harmful`: missing column 'prompt'; found {eval_harmful.column_names}.")
-    if eval_benign is not None and not {"prompt", "answer"} <= set(eval_benign.column_names):
-        raise ValueError(f"`eval_benign`: needs columns 'prompt' and 'answer'; found {eval_benign.column_names}.")
+    eval_harmful = cap_rows(eval_harmful, config.max_eval_samples)
+    eval_benign = cap_rows(eval_benign, config.max_eval_samples)
+    if isinstance(over_refusal_prompts, Dataset):
+        over_refusal_prompts = cap_rows(over_refusal_prompts, config.max_eval_samples)
+    elif over_refusal_prompts:
+        over_refusal_prompts = list(over_refusal_prompts)[: config.max_eval_samples]
+    prompt_format = resolve_prompt_format(
+        tokenizer, config.prompt_format, datasets=[eval_harmful, harmful_dataset], model=model
+    )
     data = build_attack_dataset(harmful_dataset, benign_dataset, config.n_samples, config.harmful_ratio, config.seed)
+    data = to_attack_rows(data, prompt_format)
     start = time.time()
     attacked = load_for_attack(model, config.mode)
 
@@ -259,6 +344,8 @@ def run_attack(
             postprocess=postprocess,
             max_new_tokens=config.max_new_tokens,
             over_refusal_prompts=over_refusal_prompts if full else None,
+            prompt_format=prompt_format,
+            progress=progress and full,
         )
 
     before = measure(attacked, full=True)
@@ -287,6 +374,7 @@ def run_attack(
             seed=config.seed,
             data_seed=config.seed,
             max_length=config.max_length,
+            disable_tqdm=not progress,
         )
         trainer = SFTTrainer(
             model=attacked,
@@ -302,7 +390,7 @@ def run_attack(
     after = measure(attacked, full=True)
     curve.append({"step": trainer.state.global_step, **_curve_point(after)})
     return AttackResult(
-        config=asdict(config),
+        config={**asdict(config), "prompt_format": prompt_format},
         before=before,
         after=after,
         curve=curve,

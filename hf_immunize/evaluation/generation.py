@@ -1,9 +1,11 @@
-"""Batched, left-padded generation for evaluation (greedy by default)."""
+"""Batched, left-padded generation for evaluation (greedy by default), in the model's prompt format."""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
+
+from .formatting import encode_prompt
 
 __all__ = ["generate_completions"]
 
@@ -12,19 +14,22 @@ __all__ = ["generate_completions"]
 def generate_completions(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list,
     *,
     max_new_tokens: int = 32,
     batch_size: int = 32,
     do_sample: bool = False,
     progress: bool = False,
+    prompt_format: str = "raw",
+    desc: str = "generating",
     **generate_kwargs,
 ) -> list[str]:
     """Completes every prompt and returns only the new text (special tokens dropped), in the order given.
 
-    Prompts are padded on the left so that every row's completion starts right after its own last token; the
-    tokenizer's own `padding_side` is restored afterwards. The model is put in eval mode for the call and its previous
-    mode restored.
+    `prompt_format` is `"raw"` (the string as it is, with the tokenizer's special tokens, as TRL trains on it) or
+    `"chat"` (a user turn through the chat template with the generation prompt; see
+    :mod:`hf_immunize.evaluation.formatting`). Prompts are padded on the left so that every row's completion starts
+    right after its own last token. The model is put in eval mode for the call and its previous mode restored.
 
     >>> from hf_immunize.testing import tiny_causal_lm, tiny_tokenizer
     >>> outs = generate_completions(tiny_causal_lm(), tiny_tokenizer(), ["User: hi\\nAssistant:"], max_new_tokens=3)
@@ -37,28 +42,33 @@ def generate_completions(
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: set `tokenizer.pad_token` (e.g. to the eos token) first.")
-    prompts = list(prompts)
-    was_training, old_side = model.training, tokenizer.padding_side
+    encoded = [encode_prompt(tokenizer, p, prompt_format) for p in prompts]
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    # A chat model's generation config may end turns on more tokens than the tokenizer's EOS (e.g. `<|eot_id|>`).
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos += [e for e in ([configured] if isinstance(configured, int) else configured or []) if e not in eos]
     outputs: list[str] = []
     try:
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="generating", disable=not progress):
-            # The tokenizer's own special tokens (e.g. Llama's BOS), as TRL adds them when it trains on these prompts.
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+        starts = range(0, len(encoded), batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+            rows = encoded[start : start + batch_size]
+            width = max(map(len, rows))
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)  # (B, T_prompt)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)  # (B, T_prompt)
             out = model.generate(
-                **batch,
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=do_sample,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
+                eos_token_id=eos or None,
                 **generate_kwargs,
             )  # (B, T_prompt + T_new)
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
-            outputs += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:
-        tokenizer.padding_side = old_side
         model.train(was_training)
     return outputs

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from hf_immunize.methods.mistake_sft.mistake_sft_config import MistakeSFTConfig
 
 __all__ = [
+    "PROMPT_SETTINGS",
     "analysis_prompt",
     "build_mistake_dataset",
     "cues_in",
@@ -39,6 +40,7 @@ __all__ = [
     "induce_mistakes",
     "induce_prompt",
     "plain_prompt",
+    "prompt_builders",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,25 @@ def guided_prompt(instruction: str, cfg: MistakeSFTConfig, input: str | None = N
     'P\\n\\n### Instruction:\\nSay hi.\\n\\n### Response (harmless, ethical and inoffensive):\\n'
     """
     return _cued(cfg, "respond_template", instruction, cfg.respond_cue, input)
+
+
+# The config fields that decide the plain and guided prompts: what a saved model records for its later measurement.
+PROMPT_SETTINGS = ("preamble", "plain_template", "respond_template", "respond_keywords", "cue_position")
+
+
+def prompt_builders(cfg: MistakeSFTConfig | dict) -> dict:
+    """`{"plain_prompt", "guided_prompt", "cue"}` for :func:`hf_immunize.evaluation.protocols.
+    measure_mistake_analysis`, from a config or from the `PROMPT_SETTINGS` a saved model recorded."""
+    if isinstance(cfg, dict):
+        unknown = sorted(set(cfg) - set(PROMPT_SETTINGS))
+        if unknown:
+            raise ValueError(f"mistake-analysis prompt settings: unknown field(s) {unknown}; known {PROMPT_SETTINGS}.")
+        cfg = MistakeSFTConfig(output_dir="hf-immunize-evaluation", use_cpu=True, **cfg)
+    return {
+        "plain_prompt": lambda instruction: plain_prompt(instruction, cfg),
+        "guided_prompt": lambda instruction: guided_prompt(instruction, cfg),
+        "cue": cfg.respond_cue,
+    }
 
 
 def analysis_prompt(
