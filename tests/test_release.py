@@ -273,3 +273,157 @@ def test_train_save_evaluate_card_push(method, peft, tmp_path, capsys):
             text = data.decode()
             for secret in (TOKEN, str(tmp_path), str(base)):
                 assert secret not in text, f"{name} contains {secret!r}"
+
+
+# ---- bad input: one message, exit code 2, before any compute, nothing written ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_booster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved")
+    base = _hub_base(root, "booster")
+    _train_and_save("booster", False, base, root / "defended")
+    return root / "defended"
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _evaluate_fails(argv: list[str], capsys, match: str) -> str:
+    from hf_immunize.commands import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("hf-immunize evaluate: error: ") and match in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_evaluate_refuses_a_folder_that_is_no_model(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a model")
+    out = tmp_path / "report"
+    _evaluate_fails(["--model", str(tmp_path), "--method", "booster", "--output_dir", str(out)], capsys,
+                    f"`--model`: '{tmp_path}' holds no saved model")  # fmt: skip
+    _evaluate_fails(["--model", str(tmp_path / "missing"), "--method", "booster"], capsys, "is not a folder")
+    assert not out.exists()
+
+
+def test_evaluate_refuses_a_method_the_model_was_not_trained_with(saved_booster, tmp_path, capsys):
+    before = _snapshot(saved_booster)
+    _evaluate_fails(["--model", str(saved_booster), "--method", "unlearn", "--write_card"], capsys,
+                    "--method 'unlearn' does not match")  # fmt: skip
+    assert _snapshot(saved_booster) == before
+
+
+def test_evaluate_refuses_a_missing_or_broken_report(saved_booster, tmp_path, capsys):
+    before = _snapshot(saved_booster)
+    missing = tmp_path / "no-report"
+    _evaluate_fails(["--model", str(saved_booster), "--method", "booster", "--report", str(missing), "--write_card"],
+                    capsys, f"no immunization report at '{missing}'")  # fmt: skip
+    (tmp_path / "broken.json").write_text('{"method": "booster"}')
+    _evaluate_fails(["--model", str(saved_booster), "--method", "booster", "--report", str(tmp_path / "broken.json")],
+                    capsys, "not an immunization report")  # fmt: skip
+    assert _snapshot(saved_booster) == before
+
+
+def test_evaluate_write_card_on_a_read_only_folder_writes_nothing(saved_booster, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_booster, folder)
+    before = _snapshot(folder)
+    folder.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root ignores permission bits: report the folder as read-only as the kernel would
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == folder else real(p, mode))
+        _evaluate_fails(["--model", str(folder), "--method", "booster", "--write_card", "--output_dir",
+                         str(tmp_path / "r")], capsys, f"--write_card: '{folder}' is not writable")  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert _snapshot(folder) == before and not (tmp_path / "r").exists()
+
+
+def test_card_files_are_replaced_together_or_not_at_all(saved_booster, tmp_path):
+    """A write that fails half-way (here README.md cannot be replaced) leaves the card, plot and JSON as they were."""
+    import shutil
+
+    from hf_immunize.commands.evaluate import write_card_from_record
+    from hf_immunize.evaluation.report import ImmunizationReport
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_booster, folder)
+    (folder / "README.md").unlink()
+    (folder / "README.md").mkdir()  # a directory where the card goes: even root cannot replace it with a file
+    before = _snapshot(folder)
+    result = run_attack(
+        str(folder), tiny_tokenizer(), AttackConfig(n_samples=4, max_steps=1, max_new_tokens=2, batch_size=2),
+        make_safety_world(n_weapons=8).attack_harmful, make_safety_world(n_weapons=8).attack_benign,
+        make_safety_world(n_weapons=8).eval_harmful.select(range(2)),
+    )  # fmt: skip
+    with pytest.raises(IsADirectoryError):
+        write_card_from_record(folder, ImmunizationReport.from_results("booster", "m", [result]))
+    assert _snapshot(folder) == before  # no plot, no JSON, no temporary file
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*before, "README.md"])
+
+
+def test_push_refuses_what_must_not_be_published(saved_booster, tmp_path, capsys):
+    import shutil
+
+    from hf_immunize.commands import push
+
+    def fails(folder, match, *extra):
+        with pytest.raises(SystemExit) as exit_info:
+            push.main([str(folder), "--repo_id", f"{USER}/x", *extra])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and match in err and "Traceback" not in err, err
+
+    fails(tmp_path / "missing", "is not a folder")
+    folder = tmp_path / "model"
+    shutil.copytree(saved_booster, folder)
+    (folder / "notes.json").write_text(json.dumps({"hub_token": TOKEN}))  # a token that leaked into a file
+    fails(folder, "notes.json contains the Hub token", "--token", TOKEN)
+    (folder / "notes.json").unlink()
+    adapter = tmp_path / "adapter"  # an adapter on a local base whose Hub id nobody knows
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "my-base")}))
+    (adapter / "adapter_model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (adapter / "README.md").write_text((folder / "README.md").read_text())
+    fails(adapter, "names a local base model")
+    (folder / "README.md").write_text("---\nlibrary_name: peft\nbase_model: /abs/base\n---\n# Model Card\n")
+    fails(folder, "is not an hf_immunize card")
+    (folder / "README.md").unlink()
+    fails(folder, "has no model card")
+    (folder / "model.safetensors").unlink()
+    fails(folder, "holds no saved model")
+
+
+def test_measure_immunization_trains_measures_and_cards_in_one_script(tmp_path):
+    """The Python path of the loop: `trainer.measure_immunization()` after `train()` saves, measures the saved model
+    with the method's protocol, attaches the report and rewrites the card."""
+    from hf_immunize import BoosterConfig, BoosterTrainer
+    from hf_immunize.evaluation import AttackConfig, SafetyEvalData
+
+    world = make_safety_world(n_weapons=8)
+    harmful = world.alignment_harmful.map(lambda r: {"completion": r["harmful"]}).select_columns(
+        ["prompt", "completion"]
+    )
+    trainer = BoosterTrainer(
+        model=tiny_causal_lm(),
+        args=BoosterConfig(**tiny_run_args(tmp_path / "out", max_steps=2)),
+        train_dataset=world.alignment,
+        harmful_dataset=harmful,
+        processing_class=tiny_tokenizer(),
+    )
+    trainer.train()
+    data = SafetyEvalData(world.attack_harmful, world.attack_benign, world.eval_harmful, world.eval_benign)
+    report = trainer.measure_immunization(
+        data, attack_config=AttackConfig(n_samples=10, max_steps=2, batch_size=5, max_new_tokens=4), progress=False
+    )
+    assert report.defended[0]["config"]["prompt_format"] == "raw" and trainer.immunization_report is report
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "**Harmful fine-tuning attack.**" in card and "](immunization_report.png)" in card
+    assert json.loads((tmp_path / "out" / "immunization_report.json").read_text())["method"] == "booster"
+    assert (tmp_path / "out" / "model.safetensors").is_file()

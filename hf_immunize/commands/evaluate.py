@@ -275,7 +275,23 @@ def write_card_from_record(model_dir, report) -> Path:
     return write_model_card(model_dir, report=report, **card)
 
 
+def _method_options(args) -> dict:
+    if args.method == "mistake-sft":
+        return _mistake_options(args.model)
+    if args.method == "mlac":
+        from hf_immunize.evaluation.classifier_attack import ClassifierSearchSpace
+
+        return {
+            "n_examples": args.n_examples,
+            "budget": args.budget,
+            "repeats": args.repeats,
+            "space": ClassifierSearchSpace(steps=(args.search_steps,), batch_sizes=(12,), lr_grid_size=4),
+        }
+    return {}
+
+
 def main(argv: list[str] | None = None):
+    """Runs the command; a user error is one message on stderr and exit code 2, raised before any compute."""
     args = make_parser().parse_args(argv)
     try:
         _check_before_compute(args)
@@ -283,7 +299,8 @@ def main(argv: list[str] | None = None):
             data = build_data(args)
             attack_config = attack_config_from(args, args.data)
             relearn = _relearn_config(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+            options = _method_options(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
         _error(str(err))
     from hf_immunize.evaluation.protocols import measure_saved_model
     from hf_immunize.evaluation.report import ImmunizationReport
@@ -291,18 +308,6 @@ def main(argv: list[str] | None = None):
     if args.report is not None:
         report = ImmunizationReport.load(args.report)
     else:
-        options = {}
-        if args.method == "mistake-sft":
-            options = _mistake_options(args.model)
-        elif args.method == "mlac":
-            from hf_immunize.evaluation.classifier_attack import ClassifierSearchSpace
-
-            options = {
-                "n_examples": args.n_examples,
-                "budget": args.budget,
-                "repeats": args.repeats,
-                "space": ClassifierSearchSpace(steps=(args.search_steps,), batch_sizes=(12,), lr_grid_size=4),
-            }
         report = measure_saved_model(
             args.model,
             args.method,

@@ -1,6 +1,14 @@
 """Evaluation: scorers, batched generation, the fine-tuning attack harness, worst-case sweeps and reports."""
 
-from .attack import ATTACK_MODES, AttackConfig, AttackResult, build_attack_dataset, load_for_attack, run_attack
+from .attack import (
+    ATTACK_MODES,
+    AttackConfig,
+    AttackResult,
+    attack_preset,
+    build_attack_dataset,
+    load_for_attack,
+    run_attack,
+)
 from .classifier_attack import (
     CLASSIFIER_ATTACK_MODES,
     SOLVE_THRESHOLDS,
@@ -12,7 +20,12 @@ from .classifier_attack import (
     random_init_like,
     search_classifier_attack,
 )
+from .eval_data import BlockedTaskData, SafetyEvalData, UnlearningEvalData
+from .few_shot import measure_few_shot
+from .formatting import PROMPT_FORMATS, resolve_prompt_format
 from .generation import generate_completions
+from .protocols import measure_attack, measure_mistake_analysis, measure_saved_model
+from .relearning import RelearnConfig, measure_unlearning, relearn_preset, relearning_attack
 from .report import ImmunizationReport, mean_std
 from .safety_eval import completion_loss, evaluate_safety, first_turn
 from .scorers import (
@@ -35,6 +48,20 @@ from .sweep import DEFAULT_SPACE, SweepResult, sweep_attacks
 
 __all__ = [
     "ATTACK_MODES",
+    "PROMPT_FORMATS",
+    "BlockedTaskData",
+    "RelearnConfig",
+    "SafetyEvalData",
+    "UnlearningEvalData",
+    "attack_preset",
+    "measure_attack",
+    "measure_few_shot",
+    "measure_mistake_analysis",
+    "measure_saved_model",
+    "measure_unlearning",
+    "relearn_preset",
+    "relearning_attack",
+    "resolve_prompt_format",
     "CLASSIFIER_ATTACK_MODES",
     "DEFAULT_REFUSAL_PREFIXES",
     "DEFAULT_SPACE",
