@@ -427,3 +427,93 @@ def test_measure_immunization_trains_measures_and_cards_in_one_script(tmp_path):
     assert "**Harmful fine-tuning attack.**" in card and "](immunization_report.png)" in card
     assert json.loads((tmp_path / "out" / "immunization_report.json").read_text())["method"] == "booster"
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+# ---- the README's release snippets run as written (tiny substitutions, listed) -----------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_block(heading: str, lang: str) -> str:
+    """The first ```lang block under `heading` in the README."""
+    text = README.read_text().split(heading, 1)[1]
+    return text.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+def _substituted(code: str, substitutions: dict[str, str]) -> str:
+    for old, new in substitutions.items():
+        assert code.count(old) == 1, f"the README snippet no longer contains {old!r}: update the substitutions"
+        code = code.replace(old, new)
+    return code
+
+
+# The quick start trains Llama-2-7B on real data and pushes to the Hub; here: the tiny model, the toy world, two
+# steps, a short attack, and the local fake Hub (in a subprocess: the endpoint is read when huggingface_hub loads).
+QUICK_START_SUBSTITUTIONS = {
+    '"meta-llama/Llama-2-7b-hf"': "BASE",
+    'output_dir="llama-booster"': "output_dir=out",
+    "perturbation_step_size=0.1)": "perturbation_step_size=0.1, **TINY)",
+    'baseline="llama-sft")': "baseline=BASELINE, attack_config=TINY_ATTACK, progress=False)",
+}
+QUICK_START_PRELUDE = """
+import sys, torch
+from peft import LoraConfig
+from hf_immunize.data.toy import make_safety_world
+from hf_immunize.evaluation import AttackConfig
+from hf_immunize.testing import tiny_causal_lm, tiny_run_args, tiny_tokenizer
+torch.set_num_threads(1)
+BASE, BASELINE, out = sys.argv[1], sys.argv[2], sys.argv[3]
+TINY = {**tiny_run_args(out, max_steps=2), "hub_model_id": "fake-user/llama-booster", "hub_token": "hf_fake_token"}
+del TINY["output_dir"]
+TINY_ATTACK = AttackConfig(n_samples=10, max_steps=2, batch_size=5, max_new_tokens=4, max_eval_samples=4)
+world = make_safety_world(n_weapons=8)
+alignment = world.alignment
+harmful = world.alignment_harmful.map(lambda r: {"completion": r["harmful"]}).select_columns(["prompt", "completion"])
+tokenizer = tiny_tokenizer()
+lora_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+attack_harmful, attack_benign = world.attack_harmful, world.attack_benign
+eval_harmful, eval_task = world.eval_harmful, world.eval_benign
+"""
+
+
+def test_readme_quick_start_runs_as_written(tmp_path):
+    code = _substituted(_readme_block("## Quick start", "python"), QUICK_START_SUBSTITUTIONS)
+    base = _hub_base(tmp_path, "booster")
+    baseline = tmp_path / "llama-sft"
+    tiny_causal_lm(seed=1, save_dir=baseline)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    with FakeHub() as hub:
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "h"))
+        proc = subprocess.run(
+            [sys.executable, "-c", QUICK_START_PRELUDE + code, str(base), str(baseline), str(tmp_path / "out")],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = hub.repos["fake-user/llama-booster"]
+    card = files["README.md"].decode()
+    assert "**Harmful fine-tuning attack.**" in card and "| undefended baseline |" in card
+    assert {"adapter_model.safetensors", "immunization_report.png"} <= set(files)
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "org/tiny-base"
+
+
+SHELL_SUBSTITUTIONS = {
+    "recipes/booster_tiny.yaml": '{recipe} --max_steps 2 --toy_world \'{{"seed": 0, "n_weapons": 8}}\'',
+    "--method booster --write_card": "--method booster --write_card --max_steps 2 --n_samples 20 --max_eval_samples 4",
+    "--repo_id you/booster-tiny": "--repo_id fake-user/booster-tiny --token hf_fake",
+}
+
+
+def test_readme_shell_release_commands_run_as_written(tmp_path):
+    """The three commands of the quick start, from a fresh working directory, against the local fake Hub."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "booster_tiny.yaml"
+    script = _readme_block("Or from the shell, offline on a CPU", "bash")
+    script = _substituted(script, SHELL_SUBSTITUTIONS).format(recipe=recipe)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    with FakeHub() as hub:
+        env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(tmp_path / "h"))
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        proc = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    card = hub.repos["fake-user/booster-tiny"]["README.md"].decode()
+    assert "**Harmful fine-tuning attack.**" in card and "## Training data" in card

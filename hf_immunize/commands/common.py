@@ -68,7 +68,8 @@ class ScriptArguments:
         prompt_template (`str`, *optional*, defaults to `"none"`):
             How a prompt is wrapped before training: one of `PROMPT_TEMPLATES`.
         immunization_report (`str`, *optional*):
-            Path of an immunization report JSON (`hf-immunize attack` writes one) to put into the model card.
+            An immunization report (its JSON file or the folder `hf-immunize evaluate` / `attack` wrote) to put into
+            the model card.
     """
 
     dataset_name: str | None = field(
@@ -93,7 +94,7 @@ class ScriptArguments:
         default="none", metadata={"help": f"Prompt wrapper: one of {sorted(PROMPT_TEMPLATES)}."}
     )
     immunization_report: str | None = field(
-        default=None, metadata={"help": "Immunization report JSON to put into the model card."}
+        default=None, metadata={"help": "Immunization report (JSON file or its folder) to put into the model card."}
     )
 
     def __post_init__(self):
@@ -113,8 +114,13 @@ class ScriptArguments:
             )
         if self.dataset_name is None:
             raise ValueError("`dataset_name` is required: a Hub id, a local file or directory, or `toy`.")
-        if self.immunization_report is not None and not os.path.isfile(self.immunization_report):
-            raise ValueError(f"`immunization_report` {self.immunization_report!r} is not a file.")
+        if self.immunization_report is not None:
+            from hf_immunize.evaluation.report import ImmunizationReport
+
+            try:  # the JSON file or the folder `ImmunizationReport.save` / `hf-immunize evaluate` wrote
+                ImmunizationReport.load(self.immunization_report)
+            except (FileNotFoundError, ValueError) as err:
+                raise ValueError(f"`immunization_report`: {err}") from None
 
     def format_prompt(self, prompt: str) -> str:
         return PROMPT_TEMPLATES[self.prompt_template].format(prompt=prompt)
