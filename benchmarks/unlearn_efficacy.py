@@ -169,7 +169,7 @@ def _whp_args(work, seed, alpha, finetune):
     return UnlearnConfig(
         **_args(
             work / "whp",
-            loss_type="whp",
+            unlearning_loss="whp",
             whp_alpha=alpha,
             whp_extra_alphas=[a for a in s["extra_alphas"] if a != alpha],
             block_size=s["block_size"],
@@ -205,7 +205,7 @@ def run_baseline(path, tok, world, retain_train, loss_type, lr, seed, work):
     args = UnlearnConfig(
         **_args(
             work / loss_type,
-            loss_type=loss_type,
+            unlearning_loss=loss_type,
             max_steps=b["max_steps"],
             per_device_train_batch_size=b["batch_size"],
             learning_rate=lr,

@@ -228,7 +228,7 @@ CASES = [
         "booster-harmful-misnamed-columns",
         lambda o, c: _booster(o, c, harmful_dataset=_rows(question=["q"] * 8, answer=["a"] * 8)),
         ValueError,
-        r"harmful dataset has columns \['answer', 'question'\]",
+        r"harmful dataset has columns \['question', 'answer'\], none of the layouts SFT reads",
     ),
     (
         "booster-quantized-without-peft",
@@ -317,19 +317,19 @@ CASES = [
     ("unlearn-alpha-zero", lambda o, c: _unlearn(o, c, whp_alpha=0.0), ValueError, r"whp_alpha.*0\.0"),
     (
         "unlearn-negative-npo-beta",
-        lambda o, c: _unlearn(o, c, loss_type="npo", npo_beta=-0.1),
+        lambda o, c: _unlearn(o, c, unlearning_loss="npo", npo_beta=-0.1),
         ValueError,
         r"npo_beta.*-0\.1",
     ),
     (
         "unlearn-loss-type",
-        lambda o, c: _unlearn(o, c, loss_type="forget_harder"),
+        lambda o, c: _unlearn(o, c, unlearning_loss="forget_harder"),
         ValueError,
-        r"loss_type.*forget_harder",
+        r"unlearning_loss.*forget_harder",
     ),
     (
         "unlearn-grad-diff-without-retain-set",
-        lambda o, c: _unlearn(o, c, loss_type="grad_diff"),
+        lambda o, c: _unlearn(o, c, unlearning_loss="grad_diff"),
         ValueError,
         r"retain_dataset",
     ),

@@ -312,9 +312,14 @@ def test_restore_is_bit_exact_same_harmful_batch_and_only_trainable_weights_chan
 
 
 def test_zero_harmful_gradient_gives_no_nan_and_no_correction(tiny_lm_path, tiny_tokenizer, world, tmp_path):
-    """Invariant 9: harmful rows whose labels are all −100 give g = 0, norm 0: no NaN, and exactly plain SFT."""
+    """Invariant 9: harmful rows whose labels are all −100 give g = 0, norm 0: no NaN, and exactly plain SFT.
+
+    A harmful set made only of such rows is refused when the trainer is built (nothing to learn); the rows are put
+    into the stream afterwards, as batches of unlabelled rows drawn from a mixed set would arrive."""
     ids = tiny_tokenizer("User: How do I make it?\nAssistant: Like this.")["input_ids"]
     no_loss = Dataset.from_dict({"input_ids": [ids] * 4, "labels": [[-100] * len(ids)] * 4})
+    with pytest.raises(ValueError, match="harmful dataset has no token to learn"):
+        _booster(_load(tiny_lm_path), tiny_tokenizer, world.alignment, no_loss, tmp_path / "refused", max_length=None)
     sft = SFTTrainer(
         model=_load(tiny_lm_path),
         args=_config(SFTConfig, tmp_path / "sft", max_length=None),
@@ -322,7 +327,9 @@ def test_zero_harmful_gradient_gives_no_nan_and_no_correction(tiny_lm_path, tiny
         processing_class=tiny_tokenizer,
     )
     sft.train()
-    booster = _booster(_load(tiny_lm_path), tiny_tokenizer, world.alignment, no_loss, tmp_path / "b", max_length=None)
+    labelled = Dataset.from_dict({"input_ids": [ids] * 4, "labels": [ids] * 4})
+    booster = _booster(_load(tiny_lm_path), tiny_tokenizer, world.alignment, labelled, tmp_path / "b", max_length=None)
+    booster.harmful_stream.dataset = no_loss
     booster.train()
     expected = _params(sft.model)
     assert all(torch.equal(p, expected[n]) for n, p in booster.model.named_parameters())
@@ -418,7 +425,8 @@ def test_model_card_names_booster_its_paper_and_settings(tiny_lm, tiny_tokenizer
     )
     card = (tmp_path / "README.md").read_text()
     assert "license: apache-2.0" in card and "base_model: o/m" in card and "- toy/safety" in card
-    assert "- booster" in card and "- hf-immunize" in card and "- demo" in card and "- sft" not in card
+    assert "- booster" in card and "- hf-immunize" in card and "- demo" in card
+    assert "- trl" in card and "- sft" in card  # TRL's tags kept beside ours
     assert "arxiv.org/abs/2409.01586" in card and "huang2025booster" in card
     assert "| `regularizer_weight (λ)` | `25.0` |" in card
 

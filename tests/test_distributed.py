@@ -44,7 +44,7 @@ if method.startswith("unlearn"):
             labels = [-100 if (j * 7 + i) % 3 == 0 else t for j, t in enumerate(labels)]
             rows.append({"input_ids": ids, "labels": labels})
         forget = Dataset.from_list(rows)
-    args = UnlearnConfig(**common, loss_type=loss_type, retain_batch_size=batch_size, block_size=32)
+    args = UnlearnConfig(**common, unlearning_loss=loss_type, retain_batch_size=batch_size, block_size=32)
     trainer = UnlearnTrainer(
         model=tiny_causal_lm(), args=args, train_dataset=forget,
         retain_dataset=retain if args.needs_retain else None, processing_class=tokenizer,

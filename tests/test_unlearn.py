@@ -1,6 +1,7 @@
-"""UnlearnTrainer: config checks, every loss_type (full and LoRA), exact gradient accumulation, resume, the WHP
+"""UnlearnTrainer: config checks, every unlearning loss (full and LoRA), exact gradient accumulation, resume, the WHP
 pipeline end to end, and the unlearning evaluation."""
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -48,7 +49,7 @@ def _config(output_dir, **overrides):
 
 def _trainer(model, tokenizer, world, labelled, output_dir, peft_config=None, **overrides):
     args = _config(output_dir, **overrides)
-    train = labelled if args.loss_type == "whp" else world.forget
+    train = labelled if args.unlearning_loss == "whp" else world.forget
     return UnlearnTrainer(
         model=model,
         args=args,
@@ -67,16 +68,17 @@ _params = parameters_snapshot
 
 def test_config_defaults_and_cpu_safe_precision(tmp_path):
     args = UnlearnConfig(output_dir=str(tmp_path))
-    assert (args.loss_type, args.whp_alpha, args.whp_extra_alphas, args.block_size) == ("whp", 5.0, [2.5, 10.0], 512)
+    assert (args.unlearning_loss, args.loss_type, args.whp_alpha, args.block_size) == ("whp", "nll", 5.0, 512)
+    assert args.whp_extra_alphas == [2.5, 10.0]
     assert (args.npo_beta, args.forget_weight, args.retain_weight, args.forbid_value) == (0.1, 1.0, 1.0, "mean")
     assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    assert not args.needs_retain and UnlearnConfig(output_dir=str(tmp_path), loss_type="npo").needs_retain
+    assert not args.needs_retain and UnlearnConfig(output_dir=str(tmp_path), unlearning_loss="npo").needs_retain
 
 
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("loss_type", "gradient_ascent"),
+        ("unlearning_loss", "gradient_ascent"),
         ("whp_alpha", 0.0),
         ("whp_alpha", -5.0),
         ("whp_alpha", float("nan")),
@@ -97,14 +99,33 @@ def test_config_rejects_bad_values_naming_field_and_value(field, value, tmp_path
 
 
 def test_npo_refuses_packed_batches(tmp_path):
-    with pytest.raises(ValueError, match="loss_type='npo'.*packing=True"):
-        UnlearnConfig(output_dir=str(tmp_path), loss_type="npo", packing=True)
+    with pytest.raises(ValueError, match="unlearning_loss='npo'.*packing=True"):
+        UnlearnConfig(output_dir=str(tmp_path), unlearning_loss="npo", packing=True)
+
+
+def test_trl_loss_type_keeps_its_meaning_and_our_loss_has_its_own_field(tiny_lm, tiny_tokenizer, labelled, tmp_path):
+    """`loss_type` is SFTConfig's ("nll" | "dft"): whp trains with SFT's own loss, so DFT applies to it; the losses
+    that replace SFT's refuse it; an unlearning loss put in `loss_type` is pointed at `unlearning_loss`."""
+    with pytest.raises(ValueError, match=r"`loss_type` is TRL's SFT loss.*set unlearning_loss='npo'"):
+        UnlearnConfig(output_dir=str(tmp_path), loss_type="npo")
+    with pytest.raises(ValueError, match=r"`loss_type`='dft'.*unlearning_loss='grad_diff'.*loss_type='nll'"):
+        UnlearnConfig(output_dir=str(tmp_path), unlearning_loss="grad_diff", loss_type="dft")
+    losses = {}
+    for loss_type in ("nll", "dft"):
+        model = copy.deepcopy(tiny_lm)
+        args = _config(tmp_path / loss_type, loss_type=loss_type, max_steps=1)
+        trainer = UnlearnTrainer(model=model, args=args, train_dataset=labelled, processing_class=tiny_tokenizer)
+        trainer.train()
+        losses[loss_type] = trainer.state.log_history[0]["loss"]
+        assert trainer._card_hyperparameters().get("loss_type") == (None if loss_type == "nll" else "dft")
+    # DFT weights each token's NLL by its (detached) probability: far below the NLL of a random model.
+    assert 0 < losses["dft"] < 0.1 * losses["nll"]
 
 
 def test_trainer_checks_its_datasets_before_any_compute(tiny_lm, tiny_tokenizer, world, tmp_path):
-    with pytest.raises(ValueError, match="`retain_dataset` is required by loss_type='grad_diff'"):
-        UnlearnTrainer(model=tiny_lm, args=_config(tmp_path, loss_type="grad_diff"), train_dataset=world.forget)
-    with pytest.raises(ValueError, match="loss_type='whp'.*no retain term"):
+    with pytest.raises(ValueError, match="`retain_dataset` is required by unlearning_loss='grad_diff'"):
+        UnlearnTrainer(model=tiny_lm, args=_config(tmp_path, unlearning_loss="grad_diff"), train_dataset=world.forget)
+    with pytest.raises(ValueError, match="unlearning_loss='whp'.*no retain term"):
         UnlearnTrainer(model=tiny_lm, args=_config(tmp_path), train_dataset=world.forget, retain_dataset=world.retain)
     with pytest.raises(ValueError, match="generic labels.*build_generic_labels"):
         UnlearnTrainer(model=tiny_lm, args=_config(tmp_path), train_dataset=world.forget)
@@ -113,11 +134,12 @@ def test_trainer_checks_its_datasets_before_any_compute(tiny_lm, tiny_tokenizer,
 def test_card_trio_and_limitations_are_declared(tiny_lm, tiny_tokenizer, world, labelled, tmp_path):
     check_trainer_declarations(UnlearnTrainer)
     assert UnlearnTrainer._paper["id"] == "2310.02238" and UnlearnTrainer.loss_is_scaled_for_ga is True
-    trainer = _trainer(tiny_lm, tiny_tokenizer, world, labelled, tmp_path, loss_type="npo", npo_beta=0.5)
+    trainer = _trainer(tiny_lm, tiny_tokenizer, world, labelled, tmp_path, unlearning_loss="npo", npo_beta=0.5)
     assert trainer._card_hyperparameters()["npo_beta (β)"] == 0.5
     trainer.create_model_card(model_name="tiny-unlearn")
     card = (tmp_path / "README.md").read_text()
-    assert "2310.02238" in card and "- unlearning" in card and "- sft" not in card
+    assert "2310.02238" in card and "- unlearning" in card
+    assert "- trl" in card and "- sft" in card  # TRL's tags kept beside ours
     assert "MUSE" in card and "Lynch" in card  # the limitations section of the unlearn card template
 
 
@@ -133,7 +155,7 @@ def test_each_loss_trains_and_changes_only_trainable_params(
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if peft else None
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_path)
-    trainer = _trainer(model, tiny_tokenizer, world, labelled, tmp_path, peft_config=lora, loss_type=loss_type)
+    trainer = _trainer(model, tiny_tokenizer, world, labelled, tmp_path, peft_config=lora, unlearning_loss=loss_type)
     before = _params(trainer.model)
     trainer.train()
     changed = {n: not torch.equal(before[n], p) for n, p in trainer.model.named_parameters()}
@@ -172,7 +194,7 @@ def test_qlora_model_id_string_on_cpu(loss_type, tiny_lm_path, tiny_tokenizer, w
     quantization = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
     )
-    args = _config(tmp_path, loss_type=loss_type, max_steps=2, model_init_kwargs={"device_map": "cpu"})
+    args = _config(tmp_path, unlearning_loss=loss_type, max_steps=2, model_init_kwargs={"device_map": "cpu"})
     trainer = UnlearnTrainer(
         model=str(tiny_lm_path),
         args=args,
@@ -204,7 +226,7 @@ def test_gradient_accumulation_4x1_2x2_1x4_give_the_same_update(
             world,
             labelled,
             tmp_path / f"{batch_size}x{accumulation}",
-            loss_type=loss_type,
+            unlearning_loss=loss_type,
             max_steps=2,
             per_device_train_batch_size=batch_size,
             retain_batch_size=batch_size,
@@ -232,7 +254,7 @@ def test_resume_from_checkpoint_continues_identically(
     loss_type, tiny_lm_path, tiny_tokenizer, world, labelled, tmp_path
 ):
     common = dict(
-        loss_type=loss_type,
+        unlearning_loss=loss_type,
         max_steps=4,
         per_device_train_batch_size=2,
         retain_batch_size=3,
@@ -395,7 +417,7 @@ def test_unlearn_recipes_parse_and_every_paper_value_names_its_source(tmp_path):
     for name in ("unlearn_tiny.yaml", "unlearn_paper.yaml"):
         argv = ["--config", str(RECIPES / name), "--output_dir", str(tmp_path), "--bf16", "false", "--use_cpu", "true"]
         script_args, args, model_args = parse_args(command.make_parser(), argv)
-        assert args.loss_type == "whp" and args.whp_alpha == 5.0 and args.forbid_value == "mean"
+        assert args.unlearning_loss == "whp" and args.whp_alpha == 5.0 and args.forbid_value == "mean"
     text = (RECIPES / "unlearn_paper.yaml").read_text()
     raw = yaml.safe_load(text)
     assert model_args.model_name_or_path == "meta-llama/Llama-2-7b-chat-hf" and args.block_size == 512
@@ -466,7 +488,7 @@ def test_two_process_whp_pipeline_matches_one_process_with_the_same_global_batch
 @pytest.mark.parametrize("loss_type", ["grad_diff", "npo"])
 def test_two_process_retain_losses_keep_the_ranks_identical(loss_type, tmp_path):
     """Two forwards (forget, retain) before one backward under DDP: the ranks stay in lockstep."""
-    ranks = _run_command(tmp_path, "ddp", 2, "--loss_type", loss_type, "--per_device_train_batch_size", "4")
+    ranks = _run_command(tmp_path, "ddp", 2, "--unlearning_loss", loss_type, "--per_device_train_batch_size", "4")
     assert ranks[0]["world_size"] == 2
     for name, weight in ranks[0]["weights"].items():
         assert torch.equal(weight, ranks[1]["weights"][name]), name

@@ -1,8 +1,8 @@
 """`hf-immunize unlearn` / `accelerate launch scripts/unlearn.py`: unlearning from a YAML recipe.
 
-With `loss_type: whp` (default) the whole pipeline runs in one command: reinforce (a LoRA adapter on the model by
+With `unlearning_loss: whp` (default) the whole pipeline runs in one command: reinforce (a LoRA adapter on the model by
 default, `reinforce_full_copy: true` for a full copy) → generic labels (from `anchored_terms`, a JSON file or
-string) → fine-tune. The other loss types train directly on the forget corpus, with `retain_dataset_name` for
+string) → fine-tune. The other unlearning losses train directly on the forget corpus, with `retain_dataset_name` for
 grad_diff / npo.
 
 Data: `dataset_name` is the forget corpus: a `.txt` file (read whole), a local json/jsonl/csv/parquet file or
@@ -111,7 +111,7 @@ def _texts(source: str, split: str, column: str, label: str, config: str | None 
     return data.select_columns([column]).rename_column(column, "text") if column != "text" else data
 
 
-def load_unlearn_data(script_args, loss_type: str):
+def load_unlearn_data(script_args, unlearning_loss: str):
     """(forget `text` rows, retain rows or None, anchored-term dict or None)."""
     from hf_immunize.methods.unlearn import load_anchored_terms
 
@@ -138,8 +138,10 @@ def load_unlearn_data(script_args, loss_type: str):
         )
     if script_args.anchored_terms is not None:
         terms = load_anchored_terms(script_args.anchored_terms)
-    if loss_type == "whp" and not terms:
-        raise ValueError("loss_type='whp' needs `anchored_terms` (a JSON file or string of term -> substitutes).")
+    if unlearning_loss == "whp" and not terms:
+        raise ValueError(
+            "unlearning_loss='whp' needs `anchored_terms` (a JSON file or string of term -> substitutes)."
+        )
     return forget, retain, terms
 
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args = parse_args(make_parser(), argv)
     check_model_source(script_args, model_args)
     peft_config = peft_config_from(model_args)
-    forget, retain, terms = load_unlearn_data(script_args, training_args.loss_type)
+    forget, retain, terms = load_unlearn_data(script_args, training_args.unlearning_loss)
     check_output_dir(training_args, "unlearn")
     tokenizer = load_tokenizer(model_args, script_args)
     if script_args.tiny_model is not None:
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             model_args.model_name_or_path, **causal_lm_init_kwargs(model_args)
         )
     train_dataset = forget
-    if training_args.loss_type == "whp":
+    if training_args.unlearning_loss == "whp":
         reinforce_args = sft_config(
             Path(training_args.output_dir) / "reinforce",
             num_train_epochs=script_args.reinforce_num_train_epochs,

@@ -146,20 +146,20 @@ class PairedStream:
         self.position = int(state["position"])
 
 
-# Column sets TRL's SFT preparation accepts: plain text, conversational, prompt-completion (plain or conversational),
-# already tokenized.
-_SFT_LAYOUTS = ({"text"}, {"messages"}, {"prompt", "completion"}, {"input_ids"})
-
-
 def prepare_paired_dataset(trainer, dataset, name: str = "paired"):
     """Tokenizes `dataset` the way `trainer` prepared its training set, and keeps only the model's input columns.
 
-    For a TRL `SFTTrainer` this is its own `_prepare_dataset` (text, prompt-completion, conversational or
-    pre-tokenized rows; EOS added; truncation to `max_length`; rows without any label dropped). Completion-only loss
-    is decided for this dataset as SFT decides it for the training set: on when the rows have `prompt` and
-    `completion` and `completion_only_loss` is left at `None`.
+    For a TRL `SFTTrainer` this is its own `_prepare_dataset`, so every layout SFT accepts as `train_dataset` is
+    accepted here (plain text in `dataset_text_field`, `messages`, ShareGPT `conversations`, prompt-completion, plain
+    or conversational, pre-tokenized rows, anything through the trainer's `formatting_func`; EOS added; truncation to
+    `max_length`; rows without any label dropped). Rows SFT cannot tokenize and a set with no token to learn are
+    refused first, naming the dataset, column and rows (:mod:`hf_immunize.core.sft_data`). Completion-only loss is
+    decided for this dataset as SFT decides it for the training set: on when the rows have `prompt` and `completion`
+    and `completion_only_loss` is left at `None`.
     """
     from datasets import Dataset
+
+    from hf_immunize.core.sft_data import check_learnable, check_sft_rows
 
     if not isinstance(dataset, Dataset):
         raise TypeError(
@@ -169,16 +169,12 @@ def prepare_paired_dataset(trainer, dataset, name: str = "paired"):
     if len(dataset) == 0:
         raise ValueError(f"the {name} dataset is empty.")
     prepare = getattr(trainer, "_prepare_dataset", None)
+    layout = None
     if prepare is not None and not getattr(trainer, "_skip_prepare_dataset", False):
-        columns = set(dataset.column_names)
-        if not any(layout <= columns for layout in _SFT_LAYOUTS) and trainer._formatting_func is None:
-            raise ValueError(
-                f"the {name} dataset has columns {sorted(columns)}, none of the layouts SFT accepts: "
-                f"{' | '.join('+'.join(sorted(layout)) for layout in _SFT_LAYOUTS)} (rename its columns)."
-            )
+        layout = check_sft_rows(dataset, trainer.args, trainer._formatting_func, name)
         saved = trainer.completion_only_loss
         if trainer.args.completion_only_loss is None:
-            trainer.completion_only_loss = {"prompt", "completion"} <= columns
+            trainer.completion_only_loss = {"prompt", "completion"} <= set(dataset.column_names)
         try:
             dataset = prepare(
                 dataset, trainer.processing_class, trainer.args, trainer.args.packing, trainer._formatting_func, name
@@ -191,6 +187,8 @@ def prepare_paired_dataset(trainer, dataset, name: str = "paired"):
             f"the {name} dataset has no example left after preparation (rows without any label token are dropped; "
             f"check `max_length`={trainer.args.max_length!r} and the completion columns)."
         )
+    if layout is not None:
+        check_learnable(dataset, name, layout, trainer.args)
     return dataset
 
 

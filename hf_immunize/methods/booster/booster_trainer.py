@@ -99,7 +99,7 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
      'booster/harmful_loss_drop']
     """
 
-    _tag_names = ["hf-immunize", "booster"]
+    _tag_names = ["trl", "sft", "hf-immunize", "booster"]  # TRL's own tags kept: users filter the Hub by them
     _name = "Booster"
     _paper = {
         "title": (

@@ -38,10 +38,10 @@ _CITATION = """@inproceedings{chen2024gaining,
 class MistakeSFTTrainer(ImmunizeTrainerMixin, SFTTrainer):
     """`trl.SFTTrainer` for mistake analysis: completion-only SFT on analysis + helpful rows, cue-free prompts.
 
-    Takes every argument of `SFTTrainer` except `formatting_func` (`peft_config`, `quantization_config`, a model id
-    string), and every SFT dataset layout that says where the completion starts (prompt-completion, plain or
-    conversational; `messages` / `conversations` with `assistant_only_loss=True`; pre-tokenized rows with `labels`
-    or `completion_mask`); plain text rows are refused, since SFT would train on every token. Build the training set with
+    Takes every argument of `SFTTrainer` except `formatting_func` (any SFT dataset layout, `peft_config`,
+    `quantization_config`, a model id string). Completion-only loss needs rows that say where the answer starts
+    (prompt-completion, as `build_mistake_dataset` writes them, or `messages` with `assistant_only_loss=True`);
+    plain text and `messages` rows are trained on every token, as under SFT. Build the training set with
     :func:`~hf_immunize.methods.mistake_sft.build_mistake_dataset`; its `source` column ("analysis" / "helpful") is
     counted here (model card) and then dropped by SFT's preparation like any extra column.
 
@@ -110,7 +110,6 @@ class MistakeSFTTrainer(ImmunizeTrainerMixin, SFTTrainer):
             datasets["eval"] = eval_dataset
         self.source_counts = {}
         for name, dataset in datasets.items():
-            _check_completion_only_layout(dataset, args, name)
             _check_no_cue(dataset, args, name)
             if dataset is not None and "source" in (getattr(dataset, "column_names", None) or []):
                 self.source_counts[name] = dict(sorted(Counter(dataset["source"]).items()))
@@ -173,27 +172,6 @@ def _prompts_of(dataset) -> list[str]:
             for messages in dataset["messages"]
         ]
     return []
-
-
-def _check_completion_only_layout(dataset, args: MistakeSFTConfig, name: str) -> None:
-    """Refuses rows on which SFT would train every token: completion-only loss needs to know where answers start."""
-    columns = set(getattr(dataset, "column_names", None) or [])
-    if not columns:  # no dataset, or an iterable one (not scanned)
-        return
-    if "input_ids" in columns:
-        ok = bool(columns & {"labels", "completion_mask", "assistant_masks"})
-    else:
-        ok = {"prompt", "completion"} <= columns or bool(
-            args.assistant_only_loss and columns & {"messages", "conversations"}
-        )
-    if not ok:
-        raise ValueError(
-            f"`{name}` has columns {sorted(columns)}: MistakeSFTTrainer trains on the completion only (the bad "
-            "response sits in the prompt and must never be a target), so its rows must say where the answer starts: "
-            "`prompt` + `completion` (as `build_mistake_dataset` writes them), `messages` or `conversations` with "
-            "`assistant_only_loss=True`, or pre-tokenized `input_ids` with `labels` or `completion_mask`. "
-            "SFTTrainer would train on every token of these rows."
-        )
 
 
 def _check_no_cue(dataset, args: MistakeSFTConfig, name: str) -> None:

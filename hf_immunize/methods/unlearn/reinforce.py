@@ -83,16 +83,16 @@ def prepare_whp(
         model: B (a `PreTrainedModel`). With `use_lora_reinforce`, the reinforcement adapter is added to it and
             removed again (the returned B is `model` itself, every weight trainable); else R is a trained copy.
         anchored_terms: dict or JSON path/string (see :func:`load_anchored_terms`).
-        args: an :class:`UnlearnConfig` with `loss_type="whp"` (its `whp_alpha`, `whp_extra_alphas`, `block_size`,
-            `forbid_value` and `anchor_seed` build the labels).
+        args: an :class:`UnlearnConfig` with `unlearning_loss="whp"` (its `whp_alpha`, `whp_extra_alphas`,
+            `block_size`, `forbid_value` and `anchor_seed` build the labels).
     """
     from datasets import Dataset
 
     from hf_immunize.methods.unlearn.anchors import load_anchored_terms
     from hf_immunize.methods.unlearn.labels import build_generic_labels
 
-    if args.loss_type != "whp":
-        raise ValueError(f"the WHP pipeline needs args.loss_type='whp', got {args.loss_type!r}.")
+    if args.unlearning_loss != "whp":
+        raise ValueError(f"the WHP pipeline needs args.unlearning_loss='whp', got {args.unlearning_loss!r}.")
     terms = load_anchored_terms(anchored_terms) if anchored_terms else {}
     texts = [t for t in forget_texts if t]
     reinforced = reinforce(

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-__all__ = ["LOSS_TYPES", "UnlearnConfig"]
+__all__ = ["UNLEARNING_LOSSES", "UnlearnConfig"]
 
-LOSS_TYPES = ("whp", "grad_ascent", "grad_diff", "npo")
+UNLEARNING_LOSSES = ("whp", "grad_ascent", "grad_diff", "npo")
 _NEEDS_RETAIN = ("grad_diff", "npo")
 
 
@@ -18,13 +18,15 @@ class UnlearnConfig(SFTConfig):
     r"""
     Configuration for [`UnlearnTrainer`]: every [`~trl.SFTConfig`] field, plus the unlearning ones.
 
-    `loss_type="whp"` (Eldan & Russinovich, arXiv 2310.02238) is plain cross-entropy on the generic labels built by
-    :func:`~hf_immunize.methods.unlearn.build_generic_labels`; the other three are the usual baselines. The label
-    settings (`whp_alpha`, `whp_extra_alphas`, `block_size`, `forbid_value`, `anchor_seed`) are read by the pipeline
-    (:func:`~hf_immunize.methods.unlearn.run_whp_pipeline`, the `unlearn` command), not by the trainer.
+    `unlearning_loss="whp"` (Eldan & Russinovich, arXiv 2310.02238) is SFT's own token loss on the generic labels
+    built by :func:`~hf_immunize.methods.unlearn.build_generic_labels`, so TRL's `loss_type` ("nll" or "dft") applies
+    to it as in `SFTTrainer`; the other three are the usual baselines and replace SFT's loss (they need
+    `loss_type="nll"`, the default). The label settings (`whp_alpha`, `whp_extra_alphas`, `block_size`,
+    `forbid_value`, `anchor_seed`) are read by the pipeline (:func:`~hf_immunize.methods.unlearn.run_whp_pipeline`,
+    the `unlearn` command), not by the trainer.
 
     Parameters:
-        loss_type (`str`, *optional*, defaults to `"whp"`):
+        unlearning_loss (`str`, *optional*, defaults to `"whp"`):
             `"whp"`: CE on generic labels (no retain set, as the reference code). `"grad_ascent"`: `−NLL(f)` (Jang et
             al., arXiv 2210.01504). `"grad_diff"`: `γ·(−NLL(f)) + λ_r·NLL(r)` (Liu et al., arXiv 2203.12817).
             `"npo"`: `−(2/β)·mean_f log σ(−β·[log π_θ(y|x) − log π_ref(y|x)]) + λ_r·NLL(r)` (Zhang et al., arXiv
@@ -56,12 +58,12 @@ class UnlearnConfig(SFTConfig):
     sequences. The reference WHP script averages per micro-batch instead; the two agree when micro-batches hold equal
     label counts.
 
-    >>> args = UnlearnConfig(output_dir="out", loss_type="npo", use_cpu=True)
-    >>> args.loss_type, args.npo_beta, args.whp_alpha
-    ('npo', 0.1, 5.0)
+    >>> args = UnlearnConfig(output_dir="out", unlearning_loss="npo", use_cpu=True)
+    >>> args.unlearning_loss, args.loss_type, args.npo_beta, args.whp_alpha
+    ('npo', 'nll', 0.1, 5.0)
     """
 
-    loss_type: str = field(
+    unlearning_loss: str = field(
         default="whp", metadata={"help": "Unlearning loss: whp (default), grad_ascent, grad_diff or npo."}
     )
     whp_alpha: float = field(default=5.0, metadata={"help": "α of argmax(v_B − α·ReLU(v_R − v_B)). Reference: 5."})
@@ -92,8 +94,22 @@ class UnlearnConfig(SFTConfig):
 
     def __post_init__(self):
         # Our own fields first: a bad value fails before anything else is set up.
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"`loss_type` must be one of {list(LOSS_TYPES)}, got {self.loss_type!r}.")
+        if self.loss_type in UNLEARNING_LOSSES:
+            raise ValueError(
+                f"`loss_type` is TRL's SFT loss ('nll' or 'dft'), got {self.loss_type!r}: the unlearning loss is "
+                f"`unlearning_loss` (set unlearning_loss={self.loss_type!r})."
+            )
+        if self.unlearning_loss not in UNLEARNING_LOSSES:
+            raise ValueError(
+                f"`unlearning_loss` must be one of {list(UNLEARNING_LOSSES)}, got {self.unlearning_loss!r}."
+            )
+        # SFTConfig maps its deprecated "chunked_nll" to "nll" after this check.
+        if self.unlearning_loss != "whp" and self.loss_type not in ("nll", "chunked_nll"):
+            raise ValueError(
+                f"`loss_type`={self.loss_type!r} reweights SFT's token loss, which unlearning_loss="
+                f"{self.unlearning_loss!r} replaces by its own; use loss_type='nll' (or unlearning_loss='whp', which "
+                "trains with SFT's loss)."
+            )
         if not _finite(self.whp_alpha) or self.whp_alpha <= 0:
             raise ValueError(f"`whp_alpha` (α) must be a finite number > 0, got {self.whp_alpha!r}.")
         if not isinstance(self.whp_extra_alphas, list | tuple) or not all(
@@ -117,10 +133,10 @@ class UnlearnConfig(SFTConfig):
             not isinstance(self.retain_batch_size, int) or self.retain_batch_size < 1
         ):
             raise ValueError(f"`retain_batch_size` must be an integer >= 1 or None, got {self.retain_batch_size!r}.")
-        if self.loss_type == "npo" and (self.packing or self.padding_free):
+        if self.unlearning_loss == "npo" and (self.packing or self.padding_free):
             raise ValueError(
-                f"loss_type='npo' scores whole sequences, which packing / padding-free batches merge; got packing="
-                f"{self.packing!r}, padding_free={self.padding_free!r}. Set both to False."
+                "unlearning_loss='npo' scores whole sequences, which packing / padding-free batches merge; got "
+                f"packing={self.packing!r}, padding_free={self.padding_free!r}. Set both to False."
             )
         if self.label_smoothing_factor:
             raise ValueError(
@@ -133,7 +149,7 @@ class UnlearnConfig(SFTConfig):
     @property
     def needs_retain(self) -> bool:
         """Whether the loss has a retain term (grad_diff / npo with `retain_weight` > 0)."""
-        return self.loss_type in _NEEDS_RETAIN and self.retain_weight > 0
+        return self.unlearning_loss in _NEEDS_RETAIN and self.retain_weight > 0
 
 
 def _finite(value) -> bool:

@@ -35,7 +35,7 @@ _CITATION = """@article{eldan2023whos,
 
 
 class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
-    """`trl.SFTTrainer` with an unlearning loss (`args.loss_type`); takes every `SFTTrainer` argument, plus:
+    """`trl.SFTTrainer` with an unlearning loss (`args.unlearning_loss`); takes every `SFTTrainer` argument, plus:
 
     Args:
         retain_dataset (`datasets.Dataset`, *optional*):
@@ -54,7 +54,7 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
     >>> from hf_immunize.testing import tiny_causal_lm, tiny_tokenizer
     >>> world = make_book_world(n_passages=20)
     >>> args = UnlearnConfig(
-    ...     output_dir="/tmp/unlearn-doctest", loss_type="grad_diff", max_steps=2, per_device_train_batch_size=4,
+    ...     output_dir="/tmp/unlearn-doctest", unlearning_loss="grad_diff", max_steps=2, per_device_train_batch_size=4,
     ...     use_cpu=True, activation_checkpointing=False, report_to="none", save_strategy="no", logging_steps=1,
     ... )
     >>> trainer = UnlearnTrainer(
@@ -67,7 +67,8 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
     ['unlearn/forget_nll', 'unlearn/retain_nll']
     """
 
-    _tag_names = ["hf-immunize", "unlearn", "unlearning", "whp"]  # "unlearn" selects model_cards/unlearn.md
+    # TRL's own tags kept (users filter the Hub by them); "unlearn" selects model_cards/unlearn.md.
+    _tag_names = ["trl", "sft", "hf-immunize", "unlearn", "unlearning", "whp"]
     _name = "Unlearn (Who's Harry Potter)"
     _paper = {"title": "Who's Harry Potter? Approximate Unlearning in LLMs", "id": "2310.02238", "citation": _CITATION}
     # Every loss is a sum over the window's label tokens (or NPO's sequences) divided by their count for the window.
@@ -96,47 +97,43 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
         ref_model=None,
     ):
         args = _as_unlearn_config(args, model)
+        loss = args.unlearning_loss
         if args.needs_retain and retain_dataset is None:
             raise ValueError(
-                f"`retain_dataset` is required by loss_type={args.loss_type!r} with retain_weight="
+                f"`retain_dataset` is required by unlearning_loss={loss!r} with retain_weight="
                 f"{args.retain_weight!r} (set retain_weight=0 to train without a retain term)."
             )
         if retain_dataset is not None and not args.needs_retain:
             raise ValueError(
-                f"loss_type={args.loss_type!r} (retain_weight={args.retain_weight!r}) has no retain term, but a "
-                "`retain_dataset` was given; drop it, or use loss_type='grad_diff' / 'npo'."
+                f"unlearning_loss={loss!r} (retain_weight={args.retain_weight!r}) has no retain term, but a "
+                "`retain_dataset` was given; drop it, or use unlearning_loss='grad_diff' / 'npo'."
             )
-        if args.loss_type == "whp" and train_dataset is not None and "labels" not in train_dataset.column_names:
+        if loss == "whp" and train_dataset is not None and "labels" not in train_dataset.column_names:
             raise ValueError(
-                "loss_type='whp' trains on generic labels: `train_dataset` must have `input_ids` and `labels` columns "
-                "(build it with `hf_immunize.methods.unlearn.build_generic_labels`), got columns "
-                f"{train_dataset.column_names}."
+                "unlearning_loss='whp' trains on generic labels: `train_dataset` must have `input_ids` and `labels` "
+                "columns (build it with `hf_immunize.methods.unlearn.build_generic_labels`, or run "
+                f"`run_whp_pipeline`), got columns {train_dataset.column_names}."
             )
-        if compute_loss_func is not None and args.loss_type != "whp":
-            raise ValueError(f"`compute_loss_func` cannot replace the {args.loss_type!r} loss.")
-        # `loss_type` is SFTConfig's field too ("nll" | "dft"); SFT validates it while it initialises and otherwise
-        # only tests it for "dft", so it sees "nll" (plain token CE, which is also the whp loss) for that moment.
-        loss_type, args.loss_type = args.loss_type, "nll"
-        try:
-            super().__init__(
-                model=model,
-                args=args,
-                data_collator=data_collator,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                compute_loss_func=compute_loss_func,
-                compute_metrics=compute_metrics,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-                quantization_config=quantization_config,
-                peft_config=peft_config,
-                formatting_func=formatting_func,
-            )
-        finally:
-            args.loss_type = loss_type
+        if compute_loss_func is not None and loss != "whp":
+            raise ValueError(f"`compute_loss_func` cannot replace the {loss!r} loss.")
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            formatting_func=formatting_func,
+        )
+        self._refuse_sharded_training("Unlearn", edits_weights=False)  # refuses FSDP1 only
         # Our losses divide by `num_items_in_batch` themselves and never pass it to the model: always count it.
         self.model_accepts_loss_kwargs = True
         self.retain_stream = None
@@ -149,7 +146,7 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
                 collate_fn=retain_data_collator,
             )
         self.ref_model = None
-        if args.loss_type == "npo" and not hasattr(self.model, "disable_adapter"):
+        if args.unlearning_loss == "npo" and not hasattr(self.model, "disable_adapter"):
             self.ref_model = ref_model if ref_model is not None else self._frozen_copy()
         self._window: dict = {}
         # Card facts the trainer cannot see (set by `run_whp_pipeline`): forget corpus name, dictionary size.
@@ -185,14 +182,15 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
-        if args.loss_type == "whp" or not self.model.training or return_outputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)  # plain CE / eval NLL
+        if args.unlearning_loss == "whp" or not self.model.training or return_outputs:
+            # SFT's own loss (its `loss_type`): CE on the generic labels, or the eval NLL
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         outputs = model(**inputs, use_cache=False, fused_lm_head=True)
         log_probs = outputs.log_probs  # (B, T - 1), zero where the label is -100
         local_tokens = outputs.label_mask.sum()
         tokens = (local_tokens if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)).clamp(min=1)
         self._log_metric("unlearn/forget_nll", -log_probs.sum() / local_tokens.clamp(min=1))
-        if args.loss_type in ("grad_ascent", "grad_diff"):
+        if args.unlearning_loss in ("grad_ascent", "grad_diff"):
             forget = log_probs.sum() / tokens  # −NLL(f): ascending the forget loss
         else:  # npo
             sequence = log_probs.sum(-1)  # (B,) log π_θ(y|x)
@@ -203,7 +201,7 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
             rows = torch.as_tensor(len(sequence) if rows is None else rows).clamp(min=1)
             forget = (-2.0 / args.npo_beta) * F.logsigmoid(-args.npo_beta * ratio).sum() / rows
             self._log_metric("unlearn/npo_log_ratio", ratio.detach().mean())
-        loss = forget if args.loss_type == "grad_ascent" else args.forget_weight * forget
+        loss = forget if args.unlearning_loss == "grad_ascent" else args.forget_weight * forget
         if self.retain_stream is not None:
             batch, retain_tokens = self._next_retain_batch()
             retain_sum = self._summed_token_nll(model, batch)
@@ -238,19 +236,21 @@ class UnlearnTrainer(ImmunizeTrainerMixin, SFTTrainer):
 
     def _card_hyperparameters(self) -> dict:
         args = self.args
-        out = {"loss_type": args.loss_type}
-        if args.loss_type == "whp":
+        out = {"unlearning_loss": args.unlearning_loss}
+        if args.loss_type != "nll":  # TRL's DFT on the whp labels
+            out["loss_type"] = args.loss_type
+        if args.unlearning_loss == "whp":
             out.update({"alpha (α)": args.whp_alpha, "block_size": args.block_size, "forbid_value": args.forbid_value})
-        if args.loss_type == "npo":
+        if args.unlearning_loss == "npo":
             out["npo_beta (β)"] = args.npo_beta
-        if args.loss_type in ("grad_diff", "npo"):
+        if args.unlearning_loss in ("grad_diff", "npo"):
             out.update({"forget_weight (γ)": args.forget_weight, "retain_weight": args.retain_weight})
         return out
 
     def _card_template_context(self) -> dict:
         # Limitations (MUSE, Lynch et al.) come from the section template, model_cards/unlearn.md.
         context = {"grader": None, **self.whp_card_context}
-        if self.args.loss_type == "whp":
+        if self.args.unlearning_loss == "whp":
             context.setdefault("alpha", self.args.whp_alpha)
         context.setdefault("alpha", None)
         context.setdefault("dictionary_size", None)
