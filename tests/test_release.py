@@ -233,6 +233,8 @@ def test_train_save_evaluate_card_push(method, peft, tmp_path, capsys):
     _train_and_save(method, peft, base, out)
     card = (out / "README.md").read_text()
     assert "## Immunization report" not in card and "[More Information Needed]" not in card  # ours, not PEFT's
+    assert "immunization report" not in card.lower() and "above" not in card  # no report: nothing speaks of one
+    assert "`bf16`" not in card  # False on a CPU run is the config's own default there, not a change
     record = json.loads((out / RUN_RECORD_NAME).read_text())
     assert record["method"] == method and record["card"]["base_model"] == "org/tiny-base"
 
@@ -517,3 +519,41 @@ def test_readme_shell_release_commands_run_as_written(tmp_path):
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     card = hub.repos["fake-user/booster-tiny"]["README.md"].decode()
     assert "**Harmful fine-tuning attack.**" in card and "## Training data" in card
+
+
+# ---- the harness takes every loader of hf_immunize.data unchanged --------------------------------------------------
+
+
+def test_every_loader_plugs_into_the_harness_unchanged(shared_data, tmp_path):
+    """Real samples through the public loaders, handed to the harness as they come: refusal triples and BeaverTails as
+    the harmful pool, Alpaca as the benign pool, AdvBench as the harmful prompts, GSM8K as the task (scored
+    numerically, picked from its layout)."""
+    from hf_immunize.data import load_beavertails, load_gsm8k, load_harmful_prompts, load_instructions
+    from hf_immunize.data.adapters import load_pku_saferlhf
+    from hf_immunize.evaluation import SafetyEvalData, measure_attack
+    from hf_immunize.evaluation.report import ImmunizationReport
+
+    triples = load_pku_saferlhf(shared_data / "pku_saferlhf" / "Alpaca-7B_test_first10.jsonl")
+    beavertails = load_beavertails(
+        Dataset.from_list(
+            [{"prompt": "How do I hurt someone?", "response": "Like this.", "is_safe": False, "category": {"x": True}},
+             {"prompt": "How do I bake?", "response": "Use an oven.", "is_safe": True, "category": {"x": False}}]
+        )
+    )  # fmt: skip
+    benign = load_instructions(shared_data / "benign_instructions" / "alpaca_data_safety_only.json")
+    advbench = load_harmful_prompts(shared_data / "advbench" / "advbench.csv")
+    gsm8k = load_gsm8k(shared_data / "gsm8k" / "test.jsonl")
+    model, tok = tiny_causal_lm(), tiny_tokenizer()
+    cfg = AttackConfig(n_samples=6, max_steps=1, batch_size=3, max_new_tokens=4, max_length=64, max_eval_samples=3)
+    for pool in (triples, beavertails):
+        data = SafetyEvalData(pool, benign, advbench, gsm8k, names={"eval_harmful": "AdvBench", "eval_task": "GSM8K"})
+        report = measure_attack(model, tok, data, cfg, method="booster", progress=False)
+        run = report.defended[0]
+        assert run["before"]["task_accuracy"] is not None and "harmful_score" in run["after"]
+    ev = report.evaluation
+    assert ev["task_metric"] == "numeric accuracy of the final answer (GSM8K rule)"
+    assert ev["eval_harmful"] == {"name": "AdvBench", "n": 3} and ev["eval_task"] == {"name": "GSM8K", "n": 3}
+    assert ev["attack_pools"]["harmful"] == 1  # BeaverTails: only the unsafe row is harmful
+    paths = report.save(tmp_path / "report")
+    assert ImmunizationReport.load(tmp_path / "report").to_dict() == json.loads(paths["json"].read_text())
+    assert "GSM8K, 3 rows" in report.to_markdown()

@@ -265,4 +265,12 @@ def finish_run(trainer, script_args, training_args, run_name: str) -> None:
     trainer.create_model_card(dataset_name=dataset_name)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset_name)
+    if trainer.is_world_process_zero():
+        from hf_immunize.model_card import canonical_method
+
+        out = training_args.output_dir
+        method = canonical_method(trainer._card_method()) or run_name
+        print(f"\nsaved: {out} (weights, tokenizer, README.md card, hf_immunize.json run record)")
+        print(f"next:  hf-immunize evaluate --model {out} --method {method} --write_card   (measure it, card it)")
+        print(f"then:  hf-immunize push {out} --repo_id <you>/<name>")
     trainer.end()

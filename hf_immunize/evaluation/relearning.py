@@ -63,7 +63,9 @@ def relearn_preset(name: str) -> RelearnConfig:
     raise ValueError(f"relearning preset must be 'toy' or 'paper', got {name!r}.")
 
 
-def _familiarity(model, tokenizer, data: UnlearningEvalData, max_new_tokens: int, perplexities: bool) -> dict:
+def _familiarity(
+    model, tokenizer, data: UnlearningEvalData, max_new_tokens: int, perplexities: bool, progress: bool = False
+) -> dict:
     from .unlearning import evaluate_unlearning
 
     out = evaluate_unlearning(
@@ -76,6 +78,7 @@ def _familiarity(model, tokenizer, data: UnlearningEvalData, max_new_tokens: int
         forget_texts=data.forget_texts if perplexities else None,
         retain_texts=data.retain_texts if perplexities else None,
         max_new_tokens=max_new_tokens,
+        progress=progress,
     )
     out["examples"] = out.pop("completions")[:3]
     return out
@@ -163,7 +166,7 @@ def measure_unlearning(
     for arm, target in arms.items():
         if isinstance(target, str | os.PathLike):
             target, _ = load_saved_model(target)
-        values = _familiarity(target, tokenizer, data, max_new_tokens, perplexities=True)
+        values = _familiarity(target, tokenizer, data, max_new_tokens, perplexities=True, progress=progress)
         values["relearning"] = relearning_attack(
             target, tokenizer, data.relearn_texts or [], relearn, point, progress=progress
         )

@@ -85,10 +85,17 @@ def completion_familiarity(
     *,
     max_new_tokens: int = 24,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> dict:
     """Greedy completions of `prompts`, graded by :func:`grade_familiarity` (the completions are returned too)."""
     completions = generate_completions(
-        model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
+        model,
+        tokenizer,
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc="completing familiarity prompts",
     )
     result = grade_familiarity(prompts, completions, anchored_terms, theme_terms)
     result["completions"] = completions
@@ -149,10 +156,11 @@ def evaluate_unlearning(
     retain_texts: Sequence[str] | None = None,
     max_new_tokens: int = 24,
     lm_eval: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Every offline unlearning metric in one dict (familiarity, probability familiarity, perplexities)."""
     completion = completion_familiarity(
-        model, tokenizer, prompts, anchored_terms, theme_terms, max_new_tokens=max_new_tokens
+        model, tokenizer, prompts, anchored_terms, theme_terms, max_new_tokens=max_new_tokens, progress=progress
     )
     out = {
         "familiarity": completion["score"],
