@@ -294,7 +294,7 @@ class ImmunizationReport:
             return ""
         lines = ["How it was measured:", ""]
         if ev.get("scorer"):
-            lines.append(f"- harmful score: {ev['scorer']}")
+            lines.append(f"- scored by: {ev['scorer']}")
         if ev.get("prompt_format"):
             shown = {"chat": "the tokenizer's chat template (user turn + generation prompt)", "raw": "raw prompt text"}
             lines.append(f"- prompt format: {shown.get(ev['prompt_format'], ev['prompt_format'])}")
@@ -356,7 +356,7 @@ class ImmunizationReport:
             f"**Few-shot attacker on the blocked task** ({data.get('blocked_task', 'blocked task')}): a fresh head "
             f"trained on {data.get('n_examples')} examples; hyperparameters searched over "
             f"{search.get('budget')} trials ({search.get('sampler')}), the best setting re-run "
-            f"{search.get('repeats')} times on fresh subsets; accuracy on {data.get('n_eval')} held-out rows.",
+            f"{search.get('repeats')} time(s) on fresh subsets; accuracy on {data.get('n_eval')} held-out rows.",
             "",
             "| model | best attacker's accuracy on the blocked task | desired-task accuracy |",
             "| --- | --- | --- |",
