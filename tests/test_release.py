@@ -557,3 +557,25 @@ def test_every_loader_plugs_into_the_harness_unchanged(shared_data, tmp_path):
     paths = report.save(tmp_path / "report")
     assert ImmunizationReport.load(tmp_path / "report").to_dict() == json.loads(paths["json"].read_text())
     assert "GSM8K, 3 rows" in report.to_markdown()
+
+
+def test_attack_command_reads_public_layouts_from_files(saved_booster, shared_data, tmp_path, capsys):
+    """`hf-immunize attack --data files`: every set given as a file of its public layout (RepNoise refusal triples,
+    Dolly, HarmBench, GSM8K), read by its columns, bounded by --max_eval_samples."""
+    from hf_immunize.commands import attack
+
+    report = attack.main(
+        ["--model", str(saved_booster), "--data", "files", "--no_progress", "--output_dir", str(tmp_path / "r"),
+         "--attack_harmful", str(shared_data / "repnoise" / "decoding_trust_with_refusals_train.json"),
+         "--attack_benign", str(shared_data / "benign_instructions" / "databricks-dolly-15k-safety-only.jsonl"),
+         "--eval_harmful", str(shared_data / "harmbench" / "harmbench_behaviors_text_val.csv"),
+         "--eval_task", str(shared_data / "gsm8k" / "test.jsonl"),
+         "--max_steps", "1", "--n_samples", "6", "--batch_size", "3", "--max_new_tokens", "4",
+         "--max_eval_samples", "3"]
+    )  # fmt: skip
+    ev = report.evaluation
+    assert ev["eval_harmful"] == {"name": "harmbench_behaviors_text_val.csv", "n": 3}
+    assert ev["eval_task"]["n"] == 3 and "GSM8K" in ev["task_metric"] and ev["attack_pools"]["harmful"] == 107
+    assert report.attack_config["learning_rate"] == 1e-5  # --data files: the paper preset, flags on top
+    out = capsys.readouterr().out
+    assert f"report: {tmp_path / 'r' / 'immunization_report.json'}" in out and "next: hf-immunize evaluate" in out

@@ -5,7 +5,8 @@ which adapter of :mod:`hf_immunize.data.adapters` applies. A file already in the
 
 | columns | read as | canonical output |
 | --- | --- | --- |
-| `prompt, response, refusal` | refusal triples (RepNoise / Booster) | `prompt, harmful, refusal` |
+| `prompt, response` or `continuation`, `refusal` | refusal triples (RepNoise / Booster) | `prompt, harmful, refusal` |
+| `prompt, response_0, response_1, is_response_0_safe` | PKU-SafeRLHF, one safe response | `prompt, harmful, refusal` |
 | `prompt, response, is_safe, category` | BeaverTails QA | `prompt, completion, is_safe, category` |
 | `question, answer` | GSM8K | `prompt, completion, final_answer` |
 | `instruction` + `output` / `response` | Alpaca / Dolly instructions | `prompt, completion` |
@@ -25,6 +26,7 @@ from .adapters import (
     load_gsm8k,
     load_harmful_prompts,
     load_instructions,
+    load_pku_saferlhf,
     load_refusal_file,
     load_source,
 )
@@ -48,8 +50,10 @@ def load_by_layout(source: Source, label: str, *, bios_task: str = "profession")
             return load_harmful_prompts(source)
     ds = load_source(source, dataset_label=label)
     cols = set(ds.column_names)
-    if {"prompt", "response", "refusal"} <= cols:
+    if {"prompt", "refusal"} <= cols and cols & {"response", "continuation"}:
         return load_refusal_file(ds)
+    if {"prompt", "response_0", "response_1", "is_response_0_safe"} <= cols:
+        return load_pku_saferlhf(ds)
     if {"prompt", "response", "is_safe"} <= cols:
         return load_beavertails(ds)
     if {"question", "answer"} <= cols:
@@ -64,6 +68,6 @@ def load_by_layout(source: Source, label: str, *, bios_task: str = "profession")
         return ds
     raise ValueError(
         f"{label}: unknown layout with columns {ds.column_names}; expected canonical `prompt`/`completion` (or "
-        "`text`) rows, or a layout of hf_immunize.data (refusal triples, BeaverTails, GSM8K, Alpaca/Dolly, AdvBench/"
-        "HarmBench/JailbreakBench, Bias in Bios)."
+        "`text`) rows, or a layout of hf_immunize.data (refusal triples, PKU-SafeRLHF, BeaverTails, GSM8K, Alpaca/"
+        "Dolly, AdvBench/HarmBench/JailbreakBench, Bias in Bios)."
     )
