@@ -26,6 +26,7 @@ def _usage() -> str:
     lines = ["usage: hf-immunize <command> [options]", "", "commands:"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `hf-immunize <command> --help` for the options of a command."]
+    lines += ["A mistake in the arguments or data: one line and exit code 2 (HF_IMMUNIZE_TRACEBACK=1 shows more)."]
     return "\n".join(lines)
 
 
@@ -40,8 +41,27 @@ def main(argv: list[str] | None = None) -> int:
             f"hf-immunize: unknown command {command!r}; choose from {sorted(COMMANDS)}.\n\n{_usage()}", file=sys.stderr
         )
         return 2
+    return run_command(command, rest)
+
+
+# What a command raises for a user's mistake (a bad value, a missing file, a wrong layout): one message, exit 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def run_command(command: str, argv: list[str] | None = None) -> int:
+    """Runs `hf-immunize <command>` (also from `scripts/<command>.py`): a user error becomes one line on stderr and
+    exit code 2, without a traceback (`HF_IMMUNIZE_TRACEBACK=1` shows it); anything else propagates."""
+    import os
+
     module = importlib.import_module(COMMANDS[command][0])
-    module.main(rest)
+    try:
+        module.main(argv)
+    except USER_ERRORS as err:
+        if os.environ.get("HF_IMMUNIZE_TRACEBACK"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"hf-immunize {command}: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

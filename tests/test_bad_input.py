@@ -172,6 +172,70 @@ def _rows(**columns):
     return Dataset.from_dict({k: list(v) for k, v in columns.items()})
 
 
+def _original_training_step():
+    import transformers
+
+    return transformers.Trainer.training_step
+
+
+_TRAINING_STEP = _original_training_step()
+
+
+def _earlier_run(out, *extra, first=(), command=None):
+    """A finished tiny Booster run in `out`, then the command again with `extra`: it must refuse and leave the folder
+    as it was (checked here; the folder is then removed so that the table's own `not out.exists()` check holds)."""
+    import shutil
+
+    import transformers
+
+    patched, transformers.Trainer.training_step = transformers.Trainer.training_step, _TRAINING_STEP
+    try:  # the earlier run really trains; the table's patch counts the steps of the refused one
+        _command(out, *first)
+    finally:
+        transformers.Trainer.training_step = patched
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    try:
+        if command is None:
+            _command(out, *extra)
+        else:
+            command(out)
+    finally:
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before, "the earlier run was touched"
+        shutil.rmtree(out)
+
+
+def _mlac_command_into(out):
+    from hf_immunize.commands import mlac
+
+    mlac.main(
+        ["--config", str(REPO_ROOT / "recipes" / "mlac_tiny.yaml"), "--output_dir", str(out), "--max_steps", "1"]
+    )
+
+
+def _sft_file(out, name, rows):
+    path = Path(f"{out}-{name}.jsonl")
+    Dataset.from_list(rows).to_json(str(path), lines=True)
+    return str(path)
+
+
+def _unlearn_retain(out, ctx, retain):
+    from transformers import AutoModelForCausalLM
+
+    from hf_immunize import UnlearnConfig, UnlearnTrainer
+    from hf_immunize.data.toy import make_book_world
+
+    args = UnlearnConfig(
+        output_dir=str(out), max_steps=1, report_to="none", use_cpu=True, unlearning_loss="grad_diff", bf16=False
+    )
+    UnlearnTrainer(
+        model=AutoModelForCausalLM.from_pretrained(ctx["lm"]),
+        args=args,
+        train_dataset=make_book_world(seed=0).forget,
+        retain_dataset=retain,
+        processing_class=ctx["tokenizer"],
+    ).train()
+
+
 # ---- the table -----------------------------------------------------------------------------------------------------
 
 CASES = [
@@ -229,6 +293,44 @@ CASES = [
         lambda o, c: _booster(o, c, harmful_dataset=_rows(question=["q"] * 8, answer=["a"] * 8)),
         ValueError,
         r"harmful dataset has columns \['question', 'answer'\], none of the layouts SFT reads",
+    ),
+    (
+        "booster-harmful-none-completion",
+        lambda o, c: _booster(
+            o, c, harmful_dataset=_rows(prompt=["a", "b", "c", "d"], completion=[" x", None, " y", " z"])
+        ),
+        ValueError,
+        r"harmful dataset: column `completion` is not a string in row 1 \(1 of 4\), e\.g\. row 1 holds None",
+    ),
+    (
+        "booster-harmful-rows-all-empty",
+        lambda o, c: _booster(o, c, harmful_dataset=_rows(prompt=[""] * 4, completion=[""] * 4)),
+        ValueError,
+        r"harmful dataset has no token to learn .* the `completion` column is empty",
+    ),
+    (
+        "booster-harmful-conversation-with-a-missing-turn",
+        lambda o, c: _booster(o, c, harmful_dataset=_rows(messages=[[{"role": "user", "content": None}]] * 4)),
+        ValueError,
+        r"harmful dataset: column `messages` is not a non-empty list of \{role, content\} turns .* row 0",
+    ),
+    (
+        "booster-push-to-hub-offline",
+        lambda o, c: _booster(o, c, config={"push_to_hub": True, "hub_model_id": "me/booster-tiny"}),
+        ValueError,
+        r"`push_to_hub=True` needs the Hugging Face Hub to create the repo 'me/booster-tiny'.*hf-immunize push",
+    ),
+    (
+        "unlearn-retain-none-text",
+        lambda o, c: _unlearn_retain(o, c, _rows(text=["kept", None, "kept too", "and this"])),
+        ValueError,
+        r"retain dataset: column `text` is not a string in row 1",
+    ),
+    (
+        "unlearn-retain-all-empty",
+        lambda o, c: _unlearn_retain(o, c, _rows(text=[""] * 8)),
+        ValueError,
+        r"retain dataset has no token to learn .* the `text` column is empty",
     ),
     (
         "booster-quantized-without-peft",
@@ -301,7 +403,49 @@ CASES = [
         "command-unknown-recipe-key",
         lambda o, c: _command(o, recipe=_bad_recipe(o)),
         ValueError,
-        r"regularizer_wieght",
+        r"unknown recipe key 'regularizer_wieght' \(did you mean 'regularizer_weight'\?\)",
+    ),
+    (
+        "command-unknown-flag",
+        lambda o, c: _command(o, "--learnin_rate", "0.1"),
+        ValueError,
+        r"unknown flag 'learnin_rate' \(did you mean 'learning_rate'\?\)",
+    ),
+    (
+        "command-output-dir-holds-a-run-of-another-model",
+        lambda o, c: _earlier_run(o, "--tiny_model", '{"hidden_size": 64, "num_layers": 2, "seed": 1}'),
+        ValueError,
+        r"holds an `hf-immunize booster` run with other settings \(`tiny_model`: .* then, .* now\)",
+    ),
+    (
+        "command-output-dir-holds-a-run-on-other-data",
+        lambda o, c: _earlier_run(o, "--toy_world", '{"seed": 5, "n_weapons": 8}'),
+        ValueError,
+        r"other settings \(`toy_world`: \{'n_weapons': 8, 'seed': 0\} then, \{'n_weapons': 8, 'seed': 5\} now\)",
+    ),
+    (
+        "command-output-dir-holds-a-run-of-another-command",
+        lambda o, c: _earlier_run(o, command=_mlac_command_into),
+        ValueError,
+        r"holds a run of `hf-immunize booster`; this is `hf-immunize mlac`",
+    ),
+    (
+        "command-output-dir-holds-the-same-finished-run",
+        lambda o, c: _earlier_run(o),
+        ValueError,
+        r"already holds the finished `hf-immunize booster` run with these settings .* no checkpoint to resume",
+    ),
+    (
+        "command-booster-alignment-without-harmful-rows",
+        lambda o, c: _command(o, "--dataset_name", _sft_file(o, "a", [{"text": "User: hi\nAssistant: no."}] * 4)),
+        ValueError,
+        r"holds alignment rows only .* give `harmful_dataset_name`",
+    ),
+    (
+        "command-booster-harmful-file-in-no-sft-layout",
+        lambda o, c: _command(o, "--harmful_dataset_name", _sft_file(o, "h", [{"q": "a", "a": "b"}] * 4)),
+        ValueError,
+        r"`harmful_dataset_name` dataset has columns \['q', 'a'\], none of the layouts SFT reads",
     ),
     ("command-missing-recipe", lambda o, c: _command(o, recipe=str(o) + ".yaml"), ValueError, r"--config"),
     ("command-output-dir-holds-another-run", lambda o, c: _foreign_output_dir(o), ValueError, r"output_dir"),
@@ -326,6 +470,12 @@ CASES = [
         lambda o, c: _unlearn(o, c, unlearning_loss="forget_harder"),
         ValueError,
         r"unlearning_loss.*forget_harder",
+    ),
+    (
+        "unlearn-loss-given-as-trls-loss-type",
+        lambda o, c: _unlearn(o, c, loss_type="npo"),
+        ValueError,
+        r"`loss_type` is TRL's SFT loss .*\(set unlearning_loss='npo'\)",
     ),
     (
         "unlearn-grad-diff-without-retain-set",

@@ -1,10 +1,16 @@
 """`hf-immunize booster` / `accelerate launch scripts/booster.py`: Booster alignment from a YAML recipe.
 
-Data: `dataset_name` is a refusal file in the RepNoise/Booster layout (`prompt, response, refusal`), read with
-:func:`hf_immunize.data.adapters.load_refusal_file`: alignment = prompt → refusal, harmful = prompt → harmful answer,
-row for row (`refusal_rows` picks a half-open row range, as the paper's rows 5000-10000). `harmful_dataset_name`
-replaces the harmful half by another source with `prompt, completion` columns (or BeaverTails, unsafe rows only).
-`dataset_name: toy` uses the offline safety world (`toy_world` = keyword arguments of `make_safety_world`).
+Data. `dataset_name` (a local file or folder, a Hub id, or `toy`) is read by its columns:
+- a refusal file (`prompt, response, refusal`, the RepNoise/Booster layout; or `prompt, continuation, refusal`):
+  alignment = prompt -> refusal, harmful = prompt -> harmful answer, row for row (`refusal_rows` picks a half-open
+  row range, as the paper's rows 5000-10000);
+- any layout SFTTrainer trains on (`text` or the `dataset_text_field` column, `messages`, ShareGPT
+  `conversations`, `prompt` + `completion`, pre-tokenized `input_ids`): the alignment set as it is; the harmful set
+  then comes from `harmful_dataset_name`;
+- `toy`: the offline safety world (`toy_world` = keyword arguments of `make_safety_world`).
+`harmful_dataset_name` gives (or replaces) the harmful set: any SFT layout, a refusal file (its harmful answers) or
+BeaverTails (`prompt, response, is_safe, category`: the unsafe rows). `prompt_template` wraps plain-text prompts of
+prompt-completion rows; conversational rows use the tokenizer's chat template.
 
     hf-immunize booster --config recipes/booster_tiny.yaml --max_steps 20
 """
@@ -24,6 +30,7 @@ from hf_immunize.commands.common import (
     parse_args,
     peft_config_from,
 )
+from hf_immunize.commands.help import CommandHelp
 
 __all__ = ["BoosterScriptArguments", "load_booster_data", "main", "make_parser"]
 
@@ -53,16 +60,20 @@ def make_parser():
     return make_method_parser(BoosterConfig, BoosterScriptArguments)
 
 
-def load_booster_data(script_args: BoosterScriptArguments):
-    """(alignment, harmful) as prompt/completion datasets, prompts wrapped by `prompt_template`."""
+HELP = CommandHelp("booster", BoosterScriptArguments, "methods/booster/booster_config.py", "BoosterConfig", __doc__)
+
+
+def load_booster_data(script_args: BoosterScriptArguments, training_args=None):
+    """(alignment, harmful) datasets in layouts SFT reads; plain prompts wrapped by `prompt_template`."""
     from hf_immunize.data.adapters import load_beavertails, load_refusal_file, load_source
 
+    text_field = getattr(training_args, "dataset_text_field", "text")
     if script_args.dataset_name == "toy":
         from hf_immunize.data.toy import make_safety_world
 
         world = make_safety_world(**(script_args.toy_world or {}))
-        rows = world.alignment_harmful
         alignment = world.alignment
+        harmful = _harmful_answers(world.alignment_harmful)
     else:
         source = load_source(
             script_args.dataset_name,
@@ -70,36 +81,83 @@ def load_booster_data(script_args: BoosterScriptArguments):
             name=script_args.dataset_config,
             dataset_label="dataset_name",
         )
-        rows = load_refusal_file(source)
-        if script_args.refusal_rows is not None:
-            start, stop = script_args.refusal_rows
-            if stop > len(rows):
-                raise ValueError(f"`refusal_rows` {script_args.refusal_rows} exceed the {len(rows)} rows of the file.")
-            rows = rows.select(range(start, stop))
-        alignment = rows.map(lambda r: {"completion": r["refusal"]}, remove_columns=["harmful", "refusal"])
-    harmful = rows.map(lambda r: {"completion": r["harmful"]}, remove_columns=["harmful", "refusal"])
+        if "refusal" in source.column_names:
+            rows = load_refusal_file(source)
+            if script_args.refusal_rows is not None:
+                start, stop = script_args.refusal_rows
+                if stop > len(rows):
+                    raise ValueError(
+                        f"`refusal_rows` {script_args.refusal_rows} exceed the {len(rows)} rows of the file."
+                    )
+                rows = rows.select(range(start, stop))
+            alignment = rows.map(lambda r: {"completion": r["refusal"]}, remove_columns=["harmful", "refusal"])
+            harmful = _harmful_answers(rows)
+        else:
+            if script_args.refusal_rows is not None:
+                raise ValueError(
+                    f"`refusal_rows` picks rows of a refusal file (`prompt, response, refusal`); `dataset_name` "
+                    f"{script_args.dataset_name!r} has columns {source.column_names}."
+                )
+            alignment = _sft_rows(source, "dataset_name", text_field)
+            harmful = None
     if script_args.harmful_dataset_name is not None:
         other = load_source(
             script_args.harmful_dataset_name,
             split=script_args.harmful_dataset_split,
             dataset_label="harmful_dataset_name",
         )
-        if {"response", "is_safe", "category"} <= set(other.column_names):
-            other = load_beavertails(other, unsafe_only=True)
-        harmful = other.select_columns(["prompt", "completion"]) if "completion" in other.column_names else other
+        columns = set(other.column_names)
+        if {"response", "is_safe", "category"} <= columns:
+            harmful = load_beavertails(other, unsafe_only=True).select_columns(["prompt", "completion"])
+        elif "refusal" in columns:
+            harmful = _harmful_answers(load_refusal_file(other))
+        else:
+            harmful = _sft_rows(other, "harmful_dataset_name", text_field)
+    if harmful is None:
+        raise ValueError(
+            f"`dataset_name` {script_args.dataset_name!r} holds alignment rows only (columns "
+            f"{alignment.column_names}); Booster also needs harmful rows: give `harmful_dataset_name` (any SFT "
+            "layout, a refusal file or BeaverTails), or use a refusal file (`prompt, response, refusal`) for both."
+        )
     if script_args.prompt_template != "none":
-        wrap = lambda r: {"prompt": script_args.format_prompt(r["prompt"])}  # noqa: E731
-        alignment, harmful = alignment.map(wrap), harmful.map(wrap)
+        alignment = _wrap_prompts(alignment, script_args, "dataset_name")
+        harmful = _wrap_prompts(harmful, script_args, "harmful_dataset_name")
     return alignment, harmful
 
 
+def _harmful_answers(rows):
+    return rows.map(lambda r: {"completion": r["harmful"]}, remove_columns=["harmful", "refusal"])
+
+
+def _sft_rows(dataset, label: str, text_field: str):
+    """`dataset` as it is when SFT can read it (the layout check of the trainers, here before any model loads)."""
+    from types import SimpleNamespace
+
+    from hf_immunize.core.sft_data import check_sft_rows
+
+    check_sft_rows(dataset, SimpleNamespace(dataset_text_field=text_field), name=f"`{label}`")
+    return dataset
+
+
+def _wrap_prompts(dataset, script_args, label: str):
+    prompts = dataset["prompt"] if "prompt" in dataset.column_names else None
+    if prompts is None or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(
+            f"`prompt_template`={script_args.prompt_template!r} wraps plain-text prompts of `prompt`/`completion` "
+            f"rows; the `{label}` rows have columns {dataset.column_names}. Use prompt_template 'none' (chat rows use "
+            "the tokenizer's chat template)."
+        )
+    return dataset.map(lambda r: {"prompt": script_args.format_prompt(r["prompt"])})
+
+
 def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_args(make_parser, argv, HELP)
     from hf_immunize.methods.booster import BoosterTrainer
 
-    script_args, training_args, model_args = parse_args(make_parser(), argv)
     check_model_source(script_args, model_args)
+    check_output_dir(training_args, "booster", script_args, model_args)
     peft_config = peft_config_from(model_args)
-    alignment, harmful = load_booster_data(script_args)
+    alignment, harmful = load_booster_data(script_args, training_args)
     if script_args.tiny_model is not None:
         from hf_immunize.testing import tiny_causal_lm
 
@@ -109,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
         user_kwargs = training_args.model_init_kwargs or {}
         training_args.model_init_kwargs = {**causal_lm_init_kwargs(model_args), **user_kwargs}
     tokenizer = load_tokenizer(model_args, script_args)
-    check_output_dir(training_args, "booster")
     trainer = BoosterTrainer(
         model=model,
         args=training_args,

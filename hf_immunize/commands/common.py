@@ -23,6 +23,7 @@ __all__ = [
     "causal_lm_init_kwargs",
     "finish_run",
     "load_tokenizer",
+    "mark_run",
     "make_method_parser",
     "parse_args",
     "peft_config_from",
@@ -133,66 +134,201 @@ def make_method_parser(config_cls, script_cls=ScriptArguments):
     return TrlParser((script_cls, config_cls, ModelConfig))
 
 
-def parse_args(parser, argv: list[str] | None):
-    """Parses `argv` (or `sys.argv`) with the recipe given by `--config`; an unknown recipe key is an error."""
+def parse_args(parser, argv: list[str] | None, command_help=None):
+    """Parses `argv` (or `sys.argv`) with the recipe given by `--config`; an unknown recipe key or flag is an error
+    that suggests the closest option names.
+
+    `parser` is the TrlParser or a function that builds it; `command_help`
+    (:class:`~hf_immunize.commands.help.CommandHelp`) makes `-h`/`--help` print the command's short help without
+    building the parser (no torch/transformers import), and `--help_all` print argparse's full listing under the
+    command's own name.
+    """
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if command_help is not None and ("-h" in argv or "--help" in argv):
+        from hf_immunize.commands.help import format_help
+
+        print(format_help(command_help))
+        raise SystemExit(0)
+    parser = parser() if callable(parser) and not hasattr(parser, "parse_args_and_config") else parser
+    if command_help is not None:
+        parser.prog = f"hf-immunize {command_help.command}"
+        parser.usage = f"hf-immunize {command_help.command} [--config RECIPE.yaml] [--OPTION VALUE ...]"
+    if "--help_all" in argv:
+        parser.print_help()
+        raise SystemExit(0)
     if "--config" in argv:
         index = argv.index("--config")
         if index + 1 >= len(argv) or not os.path.isfile(argv[index + 1]):
             path = argv[index + 1] if index + 1 < len(argv) else None
             raise ValueError(f"`--config` must name a YAML recipe file, got {path!r}.")
-    try:
-        return parser.parse_args_and_config(argv, fail_with_unknown_args=True)
-    except ValueError as err:
-        if "Unknown arguments from config file" in str(err):
-            fields = sorted({f for dc in parser.dataclass_types for f in dc.__dataclass_fields__})
-            raise ValueError(f"{err} Known keys: {', '.join(fields)}.") from None
-        raise
+    *parsed, from_recipe, from_flags = parser.parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    known = sorted({f for dc in parser.dataclass_types for f in dc.__dataclass_fields__})
+    problems = []
+    for where, remaining in (("recipe key", from_recipe), ("flag", from_flags)):
+        for item in remaining:
+            if item.startswith("--"):
+                problems.append(f"unknown {where} {item.removeprefix('--')!r}{_suggest(item, known)}")
+            elif where == "flag" and not (problems and problems[-1].startswith("unknown flag")):
+                problems.append(f"unexpected value {item!r} on the command line (options are `--name value`)")
+    if problems:
+        raise ValueError("; ".join(problems) + ". `--help` lists the options.")
+    return tuple(parsed)
+
+
+def _suggest(item: str, known: list[str]) -> str:
+    import difflib
+
+    name = item.removeprefix("--").split("=")[0]
+    scored = sorted(((difflib.SequenceMatcher(None, name, k).ratio(), k) for k in known), reverse=True)
+    close = [k for ratio, k in scored[:3] if ratio >= 0.6 and ratio >= scored[0][0] - 0.05]
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 RUN_MARKER = "hf_immunize_run.json"
 
 
-def check_output_dir(training_args, run_name: str) -> None:
-    """Refuses an output directory that holds another run (a different command or settings), before any compute.
+# Training arguments that say how a run is carried out, not what it trains: they may change when a run is resumed
+# (a longer `max_steps`, other logging or saving, a push at the end).
+_OPERATIONAL_ARGS = {
+    "output_dir",
+    "resume_from_checkpoint",
+    "run_name",
+    "logging_dir",
+    "max_steps",
+    "num_train_epochs",
+    "disable_tqdm",
+    "report_to",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "ddp_timeout",
+    "skip_memory_metrics",
+    "prediction_loss_only",
+    "per_device_eval_batch_size",
+    "push_to_hub",
+}
+_OPERATIONAL_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "include_")
+# Script arguments that only affect what is written after training.
+_OPERATIONAL_SCRIPT_ARGS = {"immunization_report"}
+_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
 
-    A directory is ours to continue when it is empty, or when its `hf_immunize_run.json` names the same command and
-    the same settings (then `--resume_from_checkpoint` continues it). :func:`finish_run` writes the marker when
-    training starts, so a run that fails while being set up leaves nothing behind.
+
+def check_output_dir(training_args, run_name: str, script_args=None, model_args=None) -> None:
+    """Decides what a command does with its `output_dir`, before any compute, and says it.
+
+    - empty or absent: a new run;
+    - it holds a run of this command whose model, data and method settings (`hf_immunize_run.json`) are the ones
+      given now: the run **resumes** from its last `checkpoint-*` (`resume_from_checkpoint` is set to it); without a
+      checkpoint, an unfinished run starts again from the beginning and a finished one (its model saved) is refused;
+    - anything else (files no command wrote, another command, other settings) is **refused**, naming what differs.
+
+    Settings that only say how a run is carried out (`max_steps`, logging, saving, hub options, ...) may change on a
+    resume. :func:`finish_run` writes the marker when training starts, so a run that fails while being set up
+    leaves nothing behind.
     """
     out = training_args.output_dir
-    if os.path.isdir(out) and os.listdir(out):
-        marker = os.path.join(out, RUN_MARKER)
-        previous = json.loads(open(marker).read()) if os.path.isfile(marker) else None
-        if previous != _run_settings(training_args, run_name):
-            what = "a different hf_immunize run" if previous else "files of another run"
-            raise ValueError(
-                f"`output_dir` {out!r} already holds {what}; choose an empty directory (or the same command and "
-                "settings to resume)."
-            )
-    elif os.path.exists(out) and not os.path.isdir(out):
+    settings = _run_settings(training_args, run_name, script_args, model_args)
+    training_args._hf_immunize_run_settings = settings  # what finish_run writes into the marker
+    if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"`output_dir` {out!r} exists and is not a directory.")
+    if not os.path.isdir(out) or not os.listdir(out):
+        return
+    marker = os.path.join(out, RUN_MARKER)
+    if not os.path.isfile(marker):
+        names = sorted(os.listdir(out))
+        raise ValueError(
+            f"`output_dir` {out!r} already holds files that no hf_immunize command wrote ({', '.join(names[:4])}"
+            f"{', ...' if len(names) > 4 else ''}); choose an empty or new directory."
+        )
+    with open(marker) as f:
+        previous = json.load(f)
+    if previous.get("command") != run_name:
+        raise ValueError(
+            f"`output_dir` {out!r} holds a run of `hf-immunize {previous.get('command')}`; this is `hf-immunize "
+            f"{run_name}`. Choose another output_dir."
+        )
+    changed = _differences(previous, settings)
+    if changed:
+        shown = "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else "")
+        raise ValueError(
+            f"`output_dir` {out!r} holds an `hf-immunize {run_name}` run with other settings ({shown}); its model "
+            "would be overwritten. Choose another output_dir, or give the same settings to resume that run."
+        )
+    if training_args.resume_from_checkpoint:
+        return
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(out)
+    if last is not None:
+        training_args.resume_from_checkpoint = last
+        if training_args.process_index == 0:
+            print(f"hf-immunize {run_name}: {out} holds this run (same settings): resuming from {last}.")
+    elif any(os.path.exists(os.path.join(out, name)) for name in _MODEL_FILES):
+        raise ValueError(
+            f"`output_dir` {out!r} already holds the finished `hf-immunize {run_name}` run with these settings (its "
+            "model is saved) and no checkpoint to resume from (`save_strategy` was 'no'). Choose another "
+            "output_dir to train again."
+        )
+    elif training_args.process_index == 0:
+        print(f"hf-immunize {run_name}: {out} holds this run (same settings) but no checkpoint: starting over.")
 
 
-def _run_settings(training_args, run_name: str) -> dict:
-    # The settings that define a run (not where it writes or whether it resumes), JSON-comparable.
-    skip = {"output_dir", "resume_from_checkpoint", "run_name", "hub_token", "logging_dir"}
-    args = {}
-    for key, value in training_args.to_dict().items():
-        if key not in skip and not key.startswith("_"):
-            args[key] = value if isinstance(value, int | float | str | bool | type(None)) else str(value)
-    return {"command": run_name, "args": args}
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
-def _write_marker(training_args, run_name: str) -> None:
+def _run_settings(training_args, run_name: str, script_args=None, model_args=None) -> dict:
+    """The model, data and method settings that define a run (JSON-comparable)."""
+    import dataclasses
+
+    args = {
+        key: value
+        for key, value in training_args.to_dict().items()
+        if key not in _OPERATIONAL_ARGS
+        and not key.startswith(_OPERATIONAL_PREFIXES)
+        and not key.startswith("_")
+        and "token" not in key
+    }
+    settings = {"command": run_name, "args": _jsonable(args)}
+    if script_args is not None:
+        data = {k: v for k, v in dataclasses.asdict(script_args).items() if k not in _OPERATIONAL_SCRIPT_ARGS}
+        settings["data"] = _jsonable(data)
+    if model_args is not None:
+        settings["model"] = _jsonable({k: v for k, v in dataclasses.asdict(model_args).items() if "token" not in k})
+    return settings
+
+
+def _differences(previous: dict, now: dict) -> list[str]:
+    out = []
+    for section in ("data", "model", "args"):
+        before, after = previous.get(section, {}), now.get(section, {})
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                out.append(f"`{key}`: {before.get(key)!r} then, {after.get(key)!r} now")
+    return out
+
+
+def mark_run(training_args, run_name: str, script_args=None) -> None:
+    """Writes the run marker (`hf_immunize_run.json`) into `output_dir`: call it before a command first writes there
+    (:func:`finish_run` does, at the start of training), so that a later run recognises the folder as this run's."""
+    _write_marker(training_args, run_name, script_args)
+
+
+def _write_marker(training_args, run_name: str, script_args=None) -> None:
     if training_args.process_index != 0:
         return
+    settings = getattr(training_args, "_hf_immunize_run_settings", None)
+    if settings is None or settings.get("command") != run_name:
+        settings = _run_settings(training_args, run_name, script_args)
     os.makedirs(training_args.output_dir, exist_ok=True)
     marker = os.path.join(training_args.output_dir, RUN_MARKER)
     with open(marker + ".tmp", "w") as f:
-        json.dump(_run_settings(training_args, run_name), f, indent=2, sort_keys=True)
+        json.dump(settings, f, indent=2, sort_keys=True)
     os.replace(marker + ".tmp", marker)
 
 
@@ -256,7 +392,7 @@ def check_model_source(script_args, model_args) -> None:
 
 def finish_run(trainer, script_args, training_args, run_name: str) -> None:
     """Trains (resuming when asked), saves weights, tokenizer and card, pushes when `push_to_hub`, then ends."""
-    _write_marker(training_args, run_name)
+    _write_marker(training_args, run_name, script_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if script_args.immunization_report and hasattr(trainer, "set_immunization_report"):
         trainer.set_immunization_report(script_args.immunization_report)

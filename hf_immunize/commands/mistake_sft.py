@@ -30,9 +30,11 @@ from hf_immunize.commands.common import (
     finish_run,
     load_tokenizer,
     make_method_parser,
+    mark_run,
     parse_args,
     peft_config_from,
 )
+from hf_immunize.commands.help import CommandHelp
 
 __all__ = ["MistakeSFTScriptArguments", "load_mistake_data", "main", "make_parser"]
 
@@ -72,6 +74,11 @@ def make_parser():
     from hf_immunize.methods.mistake_sft import MistakeSFTConfig
 
     return make_method_parser(MistakeSFTConfig, MistakeSFTScriptArguments)
+
+
+HELP = CommandHelp(
+    "mistake-sft", MistakeSFTScriptArguments, "methods/mistake_sft/mistake_sft_config.py", "MistakeSFTConfig", __doc__
+)
 
 
 def _instruction_of(prompt: str) -> str:
@@ -136,6 +143,7 @@ def load_mistake_data(script_args: MistakeSFTScriptArguments):
 
 
 def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_args(make_parser, argv, HELP)
     from hf_immunize.methods.mistake_sft import (
         MistakeSFTTrainer,
         build_mistake_dataset,
@@ -143,10 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         induce_mistakes,
     )
 
-    script_args, training_args, model_args = parse_args(make_parser(), argv)
     check_model_source(script_args, model_args)
     peft_config = peft_config_from(model_args)
-    check_output_dir(training_args, "mistake-sft")
+    check_output_dir(training_args, "mistake-sft", script_args, model_args)
     instructions, unsafe, helpful = load_mistake_data(script_args)
     if script_args.tiny_model is not None:
         from hf_immunize.testing import tiny_causal_lm
@@ -169,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = MistakeSFTTrainer(
         model=model, args=training_args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config
     )
+    mark_run(training_args, "mistake-sft", script_args)
     if training_args.process_index == 0:  # the built data set and the pipeline's counts, beside the model
         os.makedirs(training_args.output_dir, exist_ok=True)
         path = os.path.join(training_args.output_dir, DATASET_FILE)

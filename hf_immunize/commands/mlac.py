@@ -24,6 +24,7 @@ from hf_immunize.commands.common import (
     parse_args,
     peft_config_from,
 )
+from hf_immunize.commands.help import CommandHelp
 
 __all__ = ["load_mlac_data", "main", "make_parser"]
 
@@ -32,6 +33,9 @@ def make_parser():
     from hf_immunize.methods.mlac import MLACConfig
 
     return make_method_parser(MLACConfig, ScriptArguments)
+
+
+HELP = CommandHelp("mlac", ScriptArguments, "methods/mlac/mlac_config.py", "MLACConfig", __doc__)
 
 
 def load_mlac_data(script_args: ScriptArguments, task: str):
@@ -97,9 +101,9 @@ def _load_model(script_args, model_args, task: str, num_labels: int | None):
 
 
 def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_args(make_parser, argv, HELP)
     from hf_immunize.methods.mlac import MLACTrainer
 
-    script_args, training_args, model_args = parse_args(make_parser(), argv)
     check_model_source(script_args, model_args)
     task = training_args.task
     if task == "auto":
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     peft_config = peft_config_from(model_args)
     desired, harmful, evaluation = load_mlac_data(script_args, task)
     num_labels = max(desired["label"]) + 1 if task == "classification" else None
-    check_output_dir(training_args, "mlac")
+    check_output_dir(training_args, "mlac", script_args, model_args)
     model = _load_model(script_args, model_args, task, num_labels)
     trainer = MLACTrainer(
         model=model,

@@ -25,9 +25,11 @@ from hf_immunize.commands.common import (
     finish_run,
     load_tokenizer,
     make_method_parser,
+    mark_run,
     parse_args,
     peft_config_from,
 )
+from hf_immunize.commands.help import CommandHelp
 
 __all__ = ["UnlearnScriptArguments", "load_unlearn_data", "main", "make_parser"]
 
@@ -98,6 +100,9 @@ def make_parser():
     return make_method_parser(UnlearnConfig, UnlearnScriptArguments)
 
 
+HELP = CommandHelp("unlearn", UnlearnScriptArguments, "methods/unlearn/unlearn_config.py", "UnlearnConfig", __doc__)
+
+
 def _texts(source: str, split: str, column: str, label: str, config: str | None = None):
     from datasets import Dataset
 
@@ -146,17 +151,17 @@ def load_unlearn_data(script_args, unlearning_loss: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    script_args, training_args, model_args = parse_args(make_parser, argv, HELP)
     from transformers import AutoModelForCausalLM
 
     from hf_immunize.methods.unlearn import UnlearnTrainer, prepare_whp
     from hf_immunize.methods.unlearn.reinforce import default_reinforce_lora
     from hf_immunize.utils import sft_config
 
-    script_args, training_args, model_args = parse_args(make_parser(), argv)
     check_model_source(script_args, model_args)
     peft_config = peft_config_from(model_args)
     forget, retain, terms = load_unlearn_data(script_args, training_args.unlearning_loss)
-    check_output_dir(training_args, "unlearn")
+    check_output_dir(training_args, "unlearn", script_args, model_args)
     tokenizer = load_tokenizer(model_args, script_args)
     if script_args.tiny_model is not None:
         from hf_immunize.testing import tiny_causal_lm
@@ -168,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     train_dataset = forget
     if training_args.unlearning_loss == "whp":
+        mark_run(training_args, "unlearn", script_args)  # the reinforcement run writes into output_dir/reinforce
         reinforce_args = sft_config(
             Path(training_args.output_dir) / "reinforce",
             num_train_epochs=script_args.reinforce_num_train_epochs,

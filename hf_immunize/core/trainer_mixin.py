@@ -119,6 +119,19 @@ class ImmunizeTrainerMixin:
             "eval": defaultdict(list),
         }
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """`Trainer.init_hf_repo` (run by `__init__` under `push_to_hub=True`), with an error that says what to do
+        instead of the Hub client's connection traceback."""
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as err:  # offline mode, no network, a bad token: all before any compute
+            repo = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            raise ValueError(
+                f"`push_to_hub=True` needs the Hugging Face Hub to create the repo {repo!r}, which failed "
+                f"({type(err).__name__}: {err}). Check the network and `hub_token` (HF_HUB_OFFLINE=1 forbids any "
+                "call), or train with push_to_hub=False and upload the saved folder later with `hf-immunize push`."
+            ) from None
+
     # ---- metrics ----------------------------------------------------------------------------------------------
 
     def _log_metric(self, name: str, value: float | torch.Tensor, mode: str | None = None) -> None:
