@@ -147,6 +147,12 @@ def _build_and_save(kind: str, save_dir, build_model, key_args: dict, tokenizer_
         model = build_model()
         model.save_pretrained(directory)
         tiny_tokenizer(**tokenizer_args).save_pretrained(directory)
+        if not (directory / "config.json").is_file():  # never cache a model folder without its model
+            raise RuntimeError(
+                f"the tiny {kind} model was not written to {directory}: `save_pretrained` writes only on rank 0 once "
+                "torch.distributed is initialized. Build it once in a single process first (call the same "
+                "`hf_immunize.testing` function before launching), or pass `save_dir` on rank 0."
+            )
 
     if save_dir is None:
         path = _atomic_build(cache_dir() / kind / _key(kind=kind, **key_args, **tokenizer_args), build)

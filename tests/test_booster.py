@@ -113,8 +113,9 @@ def test_config_rejects_bad_values_naming_field_and_value(field, value, tmp_path
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"fsdp": "full_shard"}, "`fsdp`='full_shard' is not supported"),
-        ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "`deepspeed`=.*is not supported"),
+        ({"fsdp": True, "fsdp_config": {"version": 1}}, r"version 1 \(FSDP1\) is not supported"),
+        ({"fsdp": "full_shard offload"}, "offloads the parameters to the CPU"),
+        ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "`deepspeed`=.*is not supported.*FSDP2"),
         ({"fp16": True}, "`fp16=True` is not supported"),
         ({"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": True}}, "reentrant"),
     ],
@@ -124,12 +125,24 @@ def test_config_refuses_sharding_fp16_and_reentrant_checkpointing(overrides, mat
         BoosterConfig(output_dir=str(tmp_path), **overrides)
 
 
-def test_trainer_refuses_fsdp_or_deepspeed_configured_outside_the_config():
+def test_config_accepts_fsdp2(tmp_path):
+    args = BoosterConfig(output_dir=str(tmp_path), fsdp="full_shard", use_cpu=True)
+    assert args.fsdp_plugin_args["fsdp_version"] == 2  # the trainer runs its harmful passes on the shards
+
+
+def test_trainer_refuses_fsdp1_or_deepspeed_configured_outside_the_config():
+    """The accelerate-launch path (no `fsdp` argument): the trainer checks accelerate's resolved plugin; the full
+    table, with real launches, is in test_fsdp.py."""
     from types import SimpleNamespace
 
-    for flags in ({"is_fsdp_enabled": True}, {"is_deepspeed_enabled": True}):
-        with pytest.raises(ValueError, match="Booster does not support (FSDP|DeepSpeed)"):
-            BoosterTrainer._refuse_sharded_training(SimpleNamespace(**flags), "Booster")
+    fsdp1 = SimpleNamespace(
+        is_fsdp_enabled=True,
+        accelerator=SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1))),
+    )
+    with pytest.raises(ValueError, match="Booster does not support FSDP1"):
+        BoosterTrainer._refuse_sharded_training(fsdp1, "Booster")
+    with pytest.raises(ValueError, match="Booster does not support DeepSpeed.*FSDP2"):
+        BoosterTrainer._refuse_sharded_training(SimpleNamespace(is_deepspeed_enabled=True), "Booster")
 
 
 def test_sft_config_is_converted_and_harmful_dataset_is_required(tiny_lm, tiny_tokenizer, world, tmp_path):

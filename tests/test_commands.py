@@ -206,6 +206,10 @@ def test_accelerate_configs_load_and_state_which_methods_they_serve(name):
     config = ClusterConfig(**yaml.safe_load(path.read_text()))
     assert config.num_machines == 1 and config.num_processes > 1
     header = path.read_text().split("compute_environment")[0]
-    if name != "ddp":  # the sharded backends: what is refused and what is untested is said in the file
+    if name == "deepspeed_zero2":  # what is refused and what is untested is said in the file
         assert "Refused" in header and "BoosterTrainer" in header and "MLACTrainer" in header
-        assert "UNTESTED" in header
+        assert "UNTESTED" in header and "fsdp.yaml" in header
+    if name == "fsdp":  # what is proven on CPU, what waits for a GPU, what is refused
+        assert "fsdp_version" in header and config.fsdp_config["fsdp_version"] == 2
+        assert "Proven on CPU (tests/test_fsdp.py" in header and "NOT been" in header and "Refused" in header
+        assert not config.fsdp_config["fsdp_offload_params"]

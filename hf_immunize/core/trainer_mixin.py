@@ -199,13 +199,14 @@ class ImmunizeTrainerMixin:
         every method; for methods that edit the weights between passes (`edits_weights`), DeepSpeed (ZeRO flattens
         and partitions the parameters) and FSDP2 with parameters offloaded to the CPU.
         """
-        engine = "recipes/accelerate/fsdp.yaml (`fsdp_version: 2`)"
+        engine = "recipes/accelerate/fsdp.yaml"
         if edits_weights and getattr(self, "is_deepspeed_enabled", False):
             raise ValueError(
                 f"{method} does not support DeepSpeed: it edits and restores the trainable weights between passes and "
                 "takes one global gradient norm, which ZeRO's flattened, partitioned parameters break. To shard a "
-                f"model that does not fit one device use FSDP2 (`accelerate launch --config_file {engine}`); when it "
-                "fits, use DDP (recipes/accelerate/ddp.yaml), with LoRA/QLoRA for large models."
+                f"model that does not fit one device use FSDP2 (`accelerate launch --config_file {engine}`, "
+                "`fsdp_version: 2`); when it fits, use DDP (recipes/accelerate/ddp.yaml), with LoRA/QLoRA for large "
+                "models."
             )
         if not getattr(self, "is_fsdp_enabled", False):
             return
@@ -220,9 +221,9 @@ class ImmunizeTrainerMixin:
         if edits_weights and _offloads_parameters(plugin):
             raise ValueError(
                 f"{method} does not support FSDP2 with the parameters offloaded to the CPU (`fsdp_offload_params: "
-                "true`): it perturbs and restores the parameter shards and keeps gradient buffers beside them between "
-                "its extra passes, which is not verified with offloaded shards. Set `fsdp_offload_params: false` and "
-                "shard over more GPUs, or train LoRA/QLoRA adapters."
+                "true`): between its extra passes it moves the parameter shards in place, restores them and keeps "
+                "gradient buffers beside them, which is not verified with offloaded shards. Set `fsdp_offload_params: "
+                "false` and shard over more GPUs, or train LoRA/QLoRA adapters."
             )
 
     # ---- numerical guard -------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ class BoosterConfig(SFTConfig):
 
     The harmful loss `h` is the token-mean negative log-likelihood of the harmful answers, normalised by the harmful
     label tokens of the whole accumulation window over all processes, like the alignment loss with
-    `num_items_in_batch`. fp16 (loss scaling), FSDP and DeepSpeed are refused.
+    `num_items_in_batch`. FSDP2 is supported (the harmful passes work on the local shards); fp16 (loss scaling),
+    FSDP1, FSDP2 with offloaded parameters and DeepSpeed are refused.
 
     >>> args = BoosterConfig(output_dir="out", regularizer_weight=5.0, perturbation_step_size=0.1, use_cpu=True)
     >>> args.regularizer_weight, args.perturbation_step_size, args.perturbation_refresh_steps
@@ -90,21 +91,31 @@ class BoosterConfig(SFTConfig):
                 "`fp16=True` is not supported by Booster: fp16 loss scaling would have to be applied to the extra "
                 "harmful passes and to the regularizer as well. Use `bf16=True` or full precision."
             )
-        if self.fsdp:
-            raise ValueError(
-                f"`fsdp`={self.fsdp!r} is not supported by Booster: it perturbs and restores every trainable tensor "
-                "and takes one global gradient norm, which FSDP's sharded parameters break. Use DDP, with LoRA/QLoRA "
-                "for large models."
-            )
+        # FSDP is checked by the trainer, on accelerate's resolved plugin (FSDP2 supported; FSDP1 and offloaded
+        # parameters refused), which also covers `accelerate launch --config_file recipes/accelerate/fsdp.yaml`.
         if self.deepspeed:
             raise ValueError(
-                f"`deepspeed`={self.deepspeed!r} is not supported by Booster (sharded or flattened parameters break "
-                "the weight perturbation and the global gradient norm). Use DDP, with LoRA/QLoRA for large models."
+                f"`deepspeed`={self.deepspeed!r} is not supported by Booster (ZeRO's flattened, partitioned "
+                "parameters break the weight perturbation and the global gradient norm). To shard a model that does "
+                "not fit one device use FSDP2 (recipes/accelerate/fsdp.yaml, `fsdp_version: 2`); otherwise DDP, with "
+                "LoRA/QLoRA for large models."
             )
         check_precision(self)
         if self.bf16 is None:
             self.bf16 = bf16_supported() and not self.use_cpu
         super().__post_init__()
+        sharding = getattr(self, "fsdp_plugin_args", None) or {}
+        if self.fsdp and sharding.get("fsdp_version", 2) != 2:
+            raise ValueError(
+                f"`fsdp_config` version {sharding['fsdp_version']} (FSDP1) is not supported by Booster: it flattens "
+                "the parameters. Use FSDP2: `fsdp_config={'version': 2}` (transformers' default)."
+            )
+        if self.fsdp and sharding.get("cpu_offload"):
+            raise ValueError(
+                "`fsdp` offloads the parameters to the CPU (`offload` / `fsdp_config['cpu_offload']`), which Booster "
+                "does not support (it moves and restores the parameter shards between its passes). Drop the offload "
+                "and shard over more GPUs, or train LoRA/QLoRA adapters."
+            )
 
         if not _is_finite_number(self.regularizer_weight) or self.regularizer_weight < 0:
             raise ValueError(

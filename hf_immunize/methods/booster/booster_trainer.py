@@ -12,12 +12,17 @@ The harmful passes run on the unwrapped model with `torch.autograd.grad`: they n
 the middle of an accumulation window) and never trigger DDP's gradient all-reduce; `g` and `g'` are each reduced in
 one explicit collective instead. They run on a fork of the global RNG, so λ = 0 trains bit-identically to SFT.
 
+Under FSDP2 (`fsdp_version: 2`) the parameters are shards and `torch.autograd.grad` cannot reach them: the harmful
+passes use `backward()` while the window's alignment gradient is stashed, and the norm, perturbation and restore act
+on the local shards (:mod:`hf_immunize.core.sharding`); no process gathers a full weight or gradient.
+
 Fast variant (`perturbation_refresh_steps=k > 1`): steps 1–4 run every k-th step, and the k − 1 steps after it add
 the same `λ·(g − g')` again without any harmful pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass, fields
@@ -28,6 +33,14 @@ from trl import SFTTrainer
 
 from hf_immunize.core.paired import build_paired_stream
 from hf_immunize.core.perturbation import GradientBuffer, perturbed, preserved_rng
+from hf_immunize.core.sharding import (
+    backward_into,
+    is_sharded,
+    local_tensors,
+    reshard,
+    sharded_norm,
+    stashed_grads,
+)
 from hf_immunize.core.trainer_mixin import ImmunizeTrainerMixin
 from hf_immunize.methods.booster.booster_config import BoosterConfig
 
@@ -189,11 +202,13 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
         args = self.args
         unwrapped = self.accelerator.unwrap_model(model)
         params = [p for p in unwrapped.parameters() if p.requires_grad]
-        reused = self._reused_correction(params)
+        reused = self._reused_correction(local_tensors(params))
         if reused is not None:
             difference = reused.difference
         else:
-            difference = self._harmful_difference(unwrapped, params)
+            # FSDP2: the harmful gradients come from `backward()`, so the window's alignment gradient waits aside.
+            with stashed_grads(params) if is_sharded(params) else contextlib.nullcontext():
+                difference = self._harmful_difference(unwrapped, params)
             if difference is None:  # non-finite harmful gradient: this step is plain SFT
                 return
             if args.perturbation_refresh_steps > 1:
@@ -202,7 +217,7 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
             for p in params:
                 if p.grad is None:  # a tensor the alignment loss does not reach
                     p.grad = torch.zeros_like(p)
-            grads = [p.grad for p in params]
+            grads = local_tensors([p.grad for p in params])  # FSDP2: this process's shards
             deltas = [d.to(device=g.device, dtype=g.dtype) for g, d in zip(grads, difference.views, strict=True)]
             torch._foreach_add_(grads, deltas, alpha=args.regularizer_weight)
         if reused is not None:
@@ -219,7 +234,8 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
         self.last_harmful_indices = indices
 
         grad, loss = self._harmful_gradient(unwrapped, params, harmful)
-        norm = float(grad.norm())  # a host float: it decides whether the step is taken at all
+        # A host float: it decides whether the step is taken at all. FSDP2: squares summed over the shards.
+        norm = float(sharded_norm([grad.flat], params) if is_sharded(params) else grad.norm())
         self._log_metric("booster/harmful_loss", loss)
         self._log_metric("booster/harmful_grad_norm", norm)
         if not math.isfinite(norm):
@@ -230,8 +246,11 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
                 stacklevel=3,
             )
             return None
-        with perturbed(params, grad.views, args.perturbation_step_size, args.perturbation_eps, norm=norm):
+        step = (args.perturbation_step_size, args.perturbation_eps)
+        with perturbed(local_tensors(params), grad.views, *step, norm=norm):
+            reshard(unwrapped)  # FSDP2: the next forward gathers the perturbed shards
             grad_perturbed, loss_perturbed = self._harmful_gradient(unwrapped, params, harmful)
+        reshard(unwrapped)
         self._log_metric("booster/harmful_loss_perturbed", loss_perturbed)
         self._log_metric("booster/harmful_loss_drop", loss - loss_perturbed)
         torch.sub(grad.flat, grad_perturbed.flat, out=grad_perturbed.flat)  # reuses g' for g − g'
@@ -257,17 +276,28 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
         return reused
 
     def _harmful_gradient(self, unwrapped, params, harmful: _HarmfulBatch) -> tuple[GradientBuffer, torch.Tensor]:
-        """∇h and h at the current weights: token sums of every micro-batch over the draw's token count."""
-        grad = GradientBuffer(params)
+        """∇h and h at the current weights: token sums of every micro-batch over the draw's token count.
+
+        Without sharding: `torch.autograd.grad` on the unwrapped model (no DDP hook fires), then one all-reduce of the
+        gradient and the loss. FSDP2: `backward()` (inside `stashed_grads`), whose reduce-scatter averages over the
+        processes, so the loss is scaled by their number to sum instead; the buffer holds this process's shards.
+        """
+        sharded = is_sharded(params)
+        grad = GradientBuffer(local_tensors(params))
         total = torch.zeros((), dtype=torch.float32, device=grad.flat.device)
         denominator = harmful.num_tokens.clamp(min=1).to(torch.float32)
         with preserved_rng(self.args.device):  # same dropout masks at w and w'; the global RNG is left as it was
             for batch in harmful.batches:
                 with self.compute_loss_context_manager():
                     loss = self._summed_token_nll(unwrapped, batch) / denominator
-                grad.add_(torch.autograd.grad(loss, params, allow_unused=True))
+                if sharded:
+                    grad.add_(backward_into(loss, params, scale=self.accelerator.num_processes))
+                else:
+                    grad.add_(torch.autograd.grad(loss, params, allow_unused=True))
                 total += loss.detach().float()
-        if self.accelerator.num_processes > 1:  # one collective for the gradient and the loss
+        if self.accelerator.num_processes > 1 and sharded:  # the gradient is reduced already
+            total = self._reduce_sum(total)
+        elif self.accelerator.num_processes > 1:  # one collective for the gradient and the loss
             packed = self._reduce_sum(torch.cat([grad.flat, total.view(1)]))
             grad.flat.copy_(packed[:-1])
             total = packed[-1]

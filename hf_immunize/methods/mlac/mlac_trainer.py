@@ -14,6 +14,10 @@ Per optimizer step, after the Trainer's own backward of the desired-task loss ov
 The episode never installs anything in the model: the fresh head and the adapted weights are tensors passed to
 `torch.func.functional_call`, so a saved MLAC model has exactly the base architecture. It runs on a fork of the global
 RNG, so with every censoring weight at 0 training is bit-identical to a plain `Trainer`.
+
+Under FSDP2 (`fsdp_version: 2`, first order only) the processes share one episode over the union of their batches,
+run by :func:`~hf_immunize.methods.mlac.shared_episode.run_shared_first_order_episode` on the local shards; under
+DDP or one process each process runs its own episode and the gradients are averaged.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers.trainer_utils import _is_peft_model, unwrap_peft_model
 
 from hf_immunize.core.paired import build_paired_stream
 from hf_immunize.core.perturbation import GradientBuffer, preserved_rng
+from hf_immunize.core.sharding import all_gather_rows, is_sharded, local_tensor, stashed_grads
 from hf_immunize.core.trainer_mixin import ImmunizeTrainerMixin
 from hf_immunize.data.tokenize import PadCollator, pad_token_id_of, tokenize_rows
 from hf_immunize.methods.mlac.inner_loop import (
@@ -38,8 +43,10 @@ from hf_immunize.methods.mlac.inner_loop import (
     bounded_harmful_loss,
     head_adjusted_loss,
     run_episode,
+    solve_head_adjustment,
 )
 from hf_immunize.methods.mlac.mlac_config import MLACConfig
+from hf_immunize.methods.mlac.shared_episode import check_shared_episode, run_shared_first_order_episode
 
 __all__ = ["MLACTrainer"]
 
@@ -181,6 +188,10 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self._refuse_sharded_training("MLAC")
+        if self.is_fsdp_enabled:
+            head = _head_parameter_names(model, self.task) if self.reset_head else ()
+            check_shared_episode(args, model, reset_head_names=[n for n in head if n is not None])
+        self._shared_episode = False  # True while an FSDP2 episode runs: losses become shares of global means
         # Our compute_loss divides a label sum by `num_items_in_batch`, so have the Trainer count it, unshifted for
         # classifier labels (one per example) and shifted for next-token labels.
         self.model_accepts_loss_kwargs = True
@@ -240,10 +251,24 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
         episode = self._draw_episode(unwrapped)
         adapted, overrides = self._adversary_tensors(unwrapped, outer, episode)
         optimizer = FunctionalAdam() if args.inner_optimizer == "adam" else FunctionalSGD()
+        params = list(outer.values())
+        sharded = is_sharded(params)
         context = contextlib.ExitStack()
         context.enter_context(preserved_rng(args.device))
         context.enter_context(_attention_context(unwrapped))
         context.enter_context(self.compute_loss_context_manager())
+        if sharded:
+            with context, stashed_grads(params):  # the desired-task gradient waits while the episode back-propagates
+                result = self._run_shared_episode(unwrapped, outer, adapted, episode, optimizer)
+            with torch.no_grad():
+                for p, g in zip(params, result.grads, strict=True):
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    local_tensor(p.grad).add_(g.to(p.grad.dtype))  # a sum over all processes already
+            self._log_episode(episode, result)
+            episode.pop("inner_batches"), episode.pop("outer_batch")
+            self.last_episode = {**episode, "result": result}
+            return
         with context:
             result = run_episode(
                 unwrapped,
@@ -260,7 +285,6 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
                 grad_norm_weight=self.weights["d"],
                 overrides=overrides,
             )
-        params = list(outer.values())
         buffer = GradientBuffer(params)
         buffer.add_(result.grads)
         if self.accelerator.num_processes > 1:  # each process ran its own episode: average them like DDP does
@@ -276,6 +300,31 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
         self._log_episode(episode, result)
         episode.pop("inner_batches"), episode.pop("outer_batch")
         self.last_episode = {**episode, "result": result}
+
+    def _run_shared_episode(self, unwrapped, outer: dict, adapted: dict, episode: dict, optimizer):
+        """FSDP2: one first-order episode on the model's own shards, shared by all processes."""
+        head_init = episode["head_init"]
+        fresh_head = (_classification_head(unwrapped)[1], head_init) if head_init is not None else None
+        names = [n for n, value in adapted.items() if value is not head_init]
+        self._shared_episode = True
+        try:
+            return run_shared_first_order_episode(
+                unwrapped,
+                outer,
+                names,
+                episode["inner_batches"],
+                episode["outer_batch"],
+                self._inner_loss,
+                self._outer_terms,
+                optimizer=optimizer,
+                lr=episode["lr"],
+                scale=self.accelerator.num_processes,
+                reduce_sum=self._reduce_sum,
+                max_grad_norm=self.args.inner_max_grad_norm,
+                fresh_head=fresh_head,
+            )
+        finally:
+            self._shared_episode = False
 
     def _draw_episode(self, unwrapped) -> dict:
         """Batch size, learning rate and fresh head from the trainer's generator; batches from the harmful stream."""
@@ -339,6 +388,8 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
 
     def _inner_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
         total, count = _summed_loss(outputs.logits, labels, self.task)
+        if self._shared_episode:  # this process's share of the mean over every process's batch
+            count = self._reduce_sum(count)
         return total / count.clamp(min=1)
 
     def _outer_terms(self, outputs, labels: torch.Tensor):
@@ -352,6 +403,8 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
         targets = labels[mask]  # (N,)
         log_probs = torch.log_softmax(selected, dim=-1)
         nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+        if self._shared_episode:
+            return self._shared_outer_terms(selected, targets, log_probs, nll)
         adversary_loss = nll.mean()
         term = torch.zeros((), device=logits.device)
         metrics = {"harmful_loss": float(adversary_loss.detach())}
@@ -365,6 +418,31 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
             adjusted = head_adjusted_loss(selected, targets, args.head_adjustment_bound)
             term = term - w["e"] * adjusted
             metrics["head_adjusted_loss"] = float(adjusted.detach())
+        return term, adversary_loss, metrics
+
+    def _shared_outer_terms(self, selected, targets, log_probs, nll):
+        """`_outer_terms` in an FSDP2 episode: this process's share of each mean over all processes' items.
+
+        The head adjustment `W*` is solved on the logits of every process (gathered: N × C values, never weights),
+        so all processes use the `W*` of the whole outer batch, as one process would.
+        """
+        w, args = self.weights, self.args
+        count = self._reduce_sum(targets.new_tensor(targets.numel())).clamp(min=1).to(nll.dtype)
+        adversary_loss = nll.sum() / count
+        term = torch.zeros((), device=nll.device, dtype=nll.dtype)
+        metrics = {"harmful_loss": adversary_loss.detach()}
+        if self.task == "classification":
+            metrics["harmful_accuracy"] = (selected.argmax(-1) == targets).sum().to(nll.dtype) / count
+        if w["c"]:
+            bounded = bounded_harmful_loss(nll, log_probs, args.harmful_loss_bound).sum() / count
+            term = term - w["c"] * bounded
+            metrics["harmful_loss_bounded"] = bounded.detach()
+        if w["e"]:
+            every_logit, every_target = all_gather_rows(selected.detach()), all_gather_rows(targets)
+            mapping = solve_head_adjustment(every_logit, every_target, args.head_adjustment_bound)  # (C, C)
+            adjusted = F.cross_entropy(selected @ mapping, targets, reduction="sum") / count
+            term = term - w["e"] * adjusted
+            metrics["head_adjusted_loss"] = adjusted.detach()
         return term, adversary_loss, metrics
 
     def _step_inner_lr(self, lr_grad: torch.Tensor) -> None:
