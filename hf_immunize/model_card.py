@@ -330,9 +330,9 @@ def write_model_card(output_dir: str | os.PathLike, model_name: str, *, report=N
     """Writes `output_dir/README.md` and, with a `report`, its plot and JSON beside it; returns the card's path.
 
     `render_kwargs` go to :func:`render_model_card`. The plot is copied from beside a report given as a path, or
-    drawn from the report's data (and kept when the report is unchanged). Everything is rendered and written to temporary files first and only then moved
-    into place, so a failure (a folder that cannot be written, a full disk) leaves the previous card, plot and JSON
-    as they were: nothing half-written.
+    drawn from the report's data (and kept when the report is unchanged). Everything is rendered and written to
+    temporary files first and only then moved into place, so a failure (a folder that cannot be written, a full disk)
+    leaves the previous card, plot and JSON as they were: nothing half-written.
     """
     output_dir = Path(output_dir)
     source_png = _report_plot_source(report) if report is not None else None

@@ -128,7 +128,7 @@ def staged_write(directory, writers: dict) -> None:
             staged.append((Path(tmp), target))
             write(Path(tmp))
             os.chmod(tmp, 0o644)
-        for name, (tmp, target) in zip(writers, staged):
+        for name, (_tmp, target) in zip(writers, staged):
             if target.is_dir():
                 raise IsADirectoryError(f"cannot write {name}: {str(target)!r} is a directory.")
         for tmp, target in staged:
