@@ -9,6 +9,9 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
+# Extra arguments, e.g. `make test PYTEST_ARGS=tests/test_cli.py` or `make demo DEMO_ARGS='--output_dir /tmp/demo'`.
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 PIP_INSTALL := $(PIP) install -q --progress-bar off
 
@@ -24,10 +27,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hf-immunize demo
+	$(BIN)/hf-immunize demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

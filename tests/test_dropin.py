@@ -1,6 +1,6 @@
 """Drop-in contract: the `SFTTrainer` usage patterns of TRL's docs, run with `SFTTrainer` and with each of our three
 SFT-based trainers. Every pattern either behaves as under SFT (checked exactly, see below) or is refused with a message
-that says why (the `REFUSED` table, also listed in docs/architecture.md).
+that says why (the `REFUSED` table, also listed in docs/reliability.md).
 
 What "behaves as under SFT" means, per trainer (one SGD step, no clipping, the same seed and data):
 - `MistakeSFTTrainer` adds no math: its weights after the step are SFT's, bit for bit.
