@@ -144,7 +144,6 @@ def test_sweep_grid_reports_worst_cases(tiny_lm, tiny_tokenizer, world):
         world.eval_benign,
         space=space,
         budget=3,
-        use_optuna=False,
     )
     assert len(sweep.trials) == 3 and sweep.sampler == "grid-sample"
     assert sweep.worst["harmful_score_after"] == max(t["harmful_score_after"] for t in sweep.trials)
@@ -188,7 +187,6 @@ def test_sweep_worst_within_utility_respects_the_bound(monkeypatch):
         space={"learning_rate": list(outcomes)},
         budget=10,
         utility_drop=0.10,
-        use_optuna=False,
     )
     assert res.sampler == "grid" and res.worst["harmful_score_after"] == 90.0
     assert res.worst_within_utility["harmful_score_after"] == 40.0  # 70 < 0.9 * 80 rules out lr 3e-4

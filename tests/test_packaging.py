@@ -48,6 +48,8 @@ def test_non_editable_install_ships_card_templates(tmp_path):
         capture_output=True,
     )
     assert (target / "hf_immunize" / "model_cards" / "base.md").is_file()
+    for template in ("rubric.txt", "logits.txt"):  # the judges' prompt templates ship too
+        assert (target / "hf_immunize" / "evaluation" / "judge_templates" / template).is_file()
     script = (
         "import hf_immunize, hf_immunize.model_card as m;"
         "assert 'site' in hf_immunize.__file__, hf_immunize.__file__;"

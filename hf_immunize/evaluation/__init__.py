@@ -1,4 +1,5 @@
-"""Evaluation: scorers, batched generation, the fine-tuning attack harness, worst-case sweeps and reports."""
+"""Evaluation: scorers and judges, batched generation, the fine-tuning attack harness, lm-eval utility, worst-case
+sweeps (on one machine or many) and reports."""
 
 from .attack import (
     ATTACK_MODES,
@@ -24,14 +25,18 @@ from .eval_data import BlockedTaskData, SafetyEvalData, UnlearningEvalData
 from .few_shot import measure_few_shot
 from .formatting import PROMPT_FORMATS, resolve_prompt_format
 from .generation import generate_completions
+from .judges import JUDGE_PRESETS, JUDGE_PROTOCOLS, GenerativeJudge, parse_guard_output, parse_rubric_output
+from .lm_eval_utility import LmEvalConfig, run_lm_eval
+from .moderation import MODERATION_PRESETS, ClassifierScorer
+from .perplexity import per_text_nll, perplexity
 from .protocols import measure_attack, measure_mistake_analysis, measure_saved_model
+from .provenance import describe_scorer
 from .relearning import RelearnConfig, measure_unlearning, relearn_preset, relearning_attack
 from .report import ImmunizationReport, mean_std
 from .safety_eval import completion_loss, evaluate_safety, first_turn
 from .scorers import (
     DEFAULT_REFUSAL_PREFIXES,
     METRIC_NAMES,
-    ClassifierScorer,
     DegenerateOutputScorer,
     ExactMatchScorer,
     GSM8KScorer,
@@ -41,12 +46,20 @@ from .scorers import (
     RefusalKeywordScorer,
     Scorer,
     metric_path,
-    per_text_nll,
-    perplexity,
 )
-from .sweep import DEFAULT_SPACE, SweepResult, sweep_attacks
+from .sweep import DEFAULT_SPACE, SWEEP_SAMPLERS, SweepResult, sweep_attacks
 
 __all__ = [
+    "JUDGE_PRESETS",
+    "JUDGE_PROTOCOLS",
+    "MODERATION_PRESETS",
+    "SWEEP_SAMPLERS",
+    "GenerativeJudge",
+    "LmEvalConfig",
+    "describe_scorer",
+    "parse_guard_output",
+    "parse_rubric_output",
+    "run_lm_eval",
     "ATTACK_MODES",
     "PROMPT_FORMATS",
     "BlockedTaskData",

@@ -290,6 +290,7 @@ def run_attack(
     postprocess=first_turn,
     over_refusal_prompts: list[str] | Dataset | None = None,
     progress: bool = False,
+    utility_eval=None,
 ) -> AttackResult:
     """Attacks a copy of `model` (a model or a saved directory) and scores it before, during and after.
 
@@ -299,7 +300,8 @@ def run_attack(
     (`answer`, GSM8K's `final_answer`, a label task). `scorer` gives the harmful score (default: refusal keywords).
     Attack rows and evaluation prompts are rendered in `config.prompt_format` (resolved against the data and the
     model's saved record; the result's `config["prompt_format"]` says which). `progress` shows bars for the attack's
-    training and every scoring pass.
+    training and every scoring pass. `utility_eval(model, tokenizer) -> dict` (e.g. lm-eval tasks,
+    :func:`~hf_immunize.evaluation.lm_eval_utility.lm_eval_point`) adds its numbers to `before` and `after`.
 
     >>> from hf_immunize.data.toy import make_safety_world
     >>> from hf_immunize.testing import tiny_causal_lm, tiny_tokenizer
@@ -349,6 +351,8 @@ def run_attack(
         )
 
     before = measure(attacked, full=True)
+    if utility_eval is not None:
+        before.update(utility_eval(attacked, tokenizer))
     curve = [{"step": 0, **_curve_point(before)}]
     peft_config = None
     if config.mode == "lora_new":
@@ -388,6 +392,8 @@ def run_attack(
         output = trainer.train()
         attacked = trainer.model
     after = measure(attacked, full=True)
+    if utility_eval is not None:
+        after.update(utility_eval(attacked, tokenizer))
     curve.append({"step": trainer.state.global_step, **_curve_point(after)})
     return AttackResult(
         config={**asdict(config), "prompt_format": prompt_format},

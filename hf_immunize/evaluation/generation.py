@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from .formatting import encode_prompt
 
-__all__ = ["generate_completions"]
+__all__ = ["generate_completions", "generate_from_ids"]
 
 
 @torch.no_grad()
@@ -36,13 +36,43 @@ def generate_completions(
     >>> len(outs)
     1
     """
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token: set `tokenizer.pad_token` (e.g. to the eos token) first.")
+    encoded = [encode_prompt(tokenizer, p, prompt_format) for p in prompts]
+    return generate_from_ids(
+        model,
+        tokenizer,
+        encoded,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        progress=progress,
+        desc=desc,
+        **generate_kwargs,
+    )
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model,
+    tokenizer,
+    encoded: list[list[int]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    do_sample: bool = False,
+    progress: bool = False,
+    desc: str = "generating",
+    **generate_kwargs,
+) -> list[str]:
+    """Completes prompts that are already token ids (e.g. a judge's prompt rendered through its own chat template) and
+    returns only the new text, in the order given; batched and left-padded as :func:`generate_completions`."""
     if max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: set `tokenizer.pad_token` (e.g. to the eos token) first.")
-    encoded = [encode_prompt(tokenizer, p, prompt_format) for p in prompts]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -25,6 +25,8 @@ from .attack import AttackConfig, attack_pool, run_attack
 from .eval_data import BlockedTaskData, SafetyEvalData, UnlearningEvalData
 from .few_shot import measure_few_shot
 from .formatting import RUN_RECORD_NAME, read_run_record, resolve_prompt_format
+from .lm_eval_utility import LmEvalConfig, as_config, check_lm_eval, lm_eval_point
+from .provenance import describe_scorer
 from .relearning import RelearnConfig, measure_unlearning, relearn_preset, relearning_attack
 from .report import ImmunizationReport
 from .safety_eval import cap_rows, evaluate_safety, harmful_eval_set, task_eval_set
@@ -52,10 +54,6 @@ __all__ = [
 ]
 
 METHODS = ("booster", "mlac", "unlearn", "mistake-sft")
-
-
-def describe_scorer(scorer: Scorer) -> str:
-    return f"`{getattr(scorer, 'name', type(scorer).__name__)}` ({scorer!r})"
 
 
 def _attack_evaluation(data: SafetyEvalData, config: AttackConfig, scorer, prompt_format: str) -> dict:
@@ -88,13 +86,22 @@ def measure_attack(
     scorer: Scorer | None = None,
     progress: bool = True,
     model_name: str | None = None,
+    lm_eval: LmEvalConfig | Sequence[str] | None = None,
 ) -> ImmunizationReport:
     """The harmful fine-tuning attack on `model` (and `baseline`, attacked the same way) for each seed.
 
-    The prompt format is resolved once from the defended model and the data, and used for both models.
+    The prompt format is resolved once from the defended model and the data, and used for both models. `scorer` is
+    the harmful-score judge (default: refusal keywords), e.g. a
+    :class:`~hf_immunize.evaluation.judges.GenerativeJudge` or a moderation
+    :class:`~hf_immunize.evaluation.moderation.ClassifierScorer`. `lm_eval` (an
+    :class:`~hf_immunize.evaluation.lm_eval_utility.LmEvalConfig` or task names) adds lm-eval tasks, run on each
+    model before the attack and on its attacked copy; unknown tasks fail here, before any compute.
     """
     config = config or AttackConfig()
     scorer = scorer or RefusalKeywordScorer()
+    lm_eval = as_config(lm_eval)
+    if lm_eval is not None:
+        check_lm_eval(lm_eval)
     prompt_format = resolve_prompt_format(
         tokenizer, config.prompt_format, datasets=[data.eval_harmful, data.attack_harmful], model=model
     )
@@ -114,6 +121,7 @@ def measure_attack(
                 task_scorer=data.task_scorer,
                 over_refusal_prompts=data.over_refusal_prompts,
                 progress=progress,
+                utility_eval=lm_eval_point(lm_eval) if lm_eval is not None else None,
             )
             for seed in seeds
         ]
@@ -121,6 +129,8 @@ def measure_attack(
     defended = attack_all(model)
     undefended = attack_all(baseline) if baseline is not None else []
     evaluation = _attack_evaluation(data, config, scorer, prompt_format)
+    if lm_eval is not None:
+        evaluation["lm_eval"] = lm_eval.describe()
     if baseline is not None:
         evaluation["baseline"] = model_name_of(baseline)
     return ImmunizationReport.from_results(
@@ -145,15 +155,22 @@ def measure_mistake_analysis(
     max_eval_samples: int | None = None,
     progress: bool = True,
     model_name: str | None = None,
+    lm_eval: LmEvalConfig | Sequence[str] | None = None,
 ) -> ImmunizationReport:
     """Harmless rate (100 − harmful score) on the harmful evaluation prompts with the plain and the guided (harmless
     cue) prompt, and task accuracy with both, for `model` and `baseline`; with `attack_config`, the fine-tuning
     attack as well (mistake analysis is an alignment method, and the attack shows what a fine-tuning run undoes).
 
     `plain_prompt` / `guided_prompt` build a prompt from an instruction (the method's own templates); the
-    instruction of a row is its `instruction` column when it has one, else its prompt.
+    instruction of a row is its `instruction` column when it has one, else its prompt. `lm_eval` tasks run beside
+    the attack (see :func:`measure_attack`) and need `attack_config`.
     """
     scorer = scorer or RefusalKeywordScorer()
+    lm_eval = as_config(lm_eval)
+    if lm_eval is not None:
+        if attack_config is None:
+            raise ValueError("`lm_eval` tasks run on the model before and after the attack: pass `attack_config` too.")
+        check_lm_eval(lm_eval)
     eval_harmful = cap_rows(harmful_eval_set(data.eval_harmful), max_eval_samples)
     eval_task, task_scorer, metric = task_eval_set(cap_rows(data.eval_task, max_eval_samples), data.task_scorer)
 
@@ -194,6 +211,7 @@ def measure_mistake_analysis(
             seeds=seeds,
             scorer=scorer,
             progress=progress,
+            lm_eval=lm_eval,
         )
         report_kwargs = {
             "attack_config": attack.attack_config,
@@ -233,15 +251,25 @@ def measure_saved_model(
     relearn: RelearnConfig | None = None,
     max_eval_samples: int | None = None,
     progress: bool = True,
+    lm_eval: LmEvalConfig | Sequence[str] | None = None,
     **method_options,
 ) -> ImmunizationReport:
     """Measures the model saved in `model_dir` with `method`'s protocol (see the module docstring).
 
     `data` is the protocol's dataclass; None uses the method's offline toy world. `method_options` go to the
-    protocol (e.g. `plain_prompt` / `guided_prompt` for mistake-sft, `n_examples` / `budget` for MLAC).
+    protocol (e.g. `plain_prompt` / `guided_prompt` for mistake-sft, `n_examples` / `budget` for MLAC, `scorer` for
+    the attack of booster and mistake-sft). `lm_eval` adds lm-eval tasks to the attack (booster, mistake-sft).
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
+    lm_eval = as_config(lm_eval)
+    if lm_eval is not None:
+        if method not in ("booster", "mistake-sft"):
+            raise ValueError(
+                f"lm-eval tasks run beside the fine-tuning attack (methods booster and mistake-sft), not with "
+                f"method {method!r}."
+            )
+        check_lm_eval(lm_eval)
     folder = check_model_dir(model_dir, "model")
     if baseline is not None:
         check_model_dir(baseline, "baseline")
@@ -284,7 +312,10 @@ def measure_saved_model(
             attack_config=attack_config,
             seeds=seeds,
             max_eval_samples=max_eval_samples,
+            lm_eval=lm_eval,
             **common,
             **method_options,
         )
-    return measure_attack(str(folder), tokenizer, data, attack_config, seeds=seeds, **common, **method_options)
+    return measure_attack(
+        str(folder), tokenizer, data, attack_config, seeds=seeds, lm_eval=lm_eval, **common, **method_options
+    )

@@ -10,8 +10,10 @@ One report serves every defense, each measured the way its own claim is stated:
   relearning attack (familiarity again after fine-tuning on a few forget passages);
 - `measurements["mistake_analysis"]`: harmless rate with the plain and the guided prompt.
 
-`evaluation` says how: the scorer or judge, the prompt format (chat template or raw), the evaluation sets and their
-sizes, what task accuracy measured, and the attacker's data sizes. The card renders all of it.
+`evaluation` says how: the scorer or judge (with its model id), the prompt format (chat template or raw), the
+evaluation sets and their sizes, what task accuracy measured, the attacker's data sizes and the lm-eval tasks. The
+card renders all of it. A report whose harmful scores come from more than one judge is refused: their numbers are not
+comparable.
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .attack import AttackResult
+from .report_sections import (
+    check_report_judges,
+    harmful_score_meaning,
+    judge_stats_line,
+    lm_eval_lines,
+    lm_eval_table,
+    sweep_lines,
+)
 
 __all__ = ["REPORT_STEM", "ImmunizationReport", "mean_std"]
 
@@ -94,6 +104,7 @@ class ImmunizationReport:
             raise ValueError(f"`measurements`: unknown kind(s) {unknown}; known: {list(MEASUREMENT_KINDS)}.")
         if not self.defended and not self.measurements:
             raise ValueError("an ImmunizationReport needs attack results (`defended`) or `measurements`.")
+        check_report_judges(self)
 
     @classmethod
     def from_results(cls, method: str, model: str, defended: list[AttackResult], undefended=(), **kwargs):
@@ -295,6 +306,9 @@ class ImmunizationReport:
         lines = ["How it was measured:", ""]
         if ev.get("scorer"):
             lines.append(f"- scored by: {ev['scorer']}")
+        unread = judge_stats_line(self)
+        if unread:
+            lines.append(f"- {unread}")
         if ev.get("prompt_format"):
             shown = {"chat": "the tokenizer's chat template (user turn + generation prompt)", "raw": "raw prompt text"}
             lines.append(f"- prompt format: {shown.get(ev['prompt_format'], ev['prompt_format'])}")
@@ -310,6 +324,7 @@ class ImmunizationReport:
                 + ", ".join(f"{name} pool of {size} rows" for name, size in pools.items())
                 + (f" ({ev['attack_data']})" if ev.get("attack_data") else "")
             )
+        lines += lm_eval_lines(ev)
         if ev.get("baseline"):
             lines.append(f"- baseline: {ev['baseline']}")
         for line in ev.get("extra", []):
@@ -337,16 +352,11 @@ class ImmunizationReport:
                 f"| {name} | {_fmt(s.get('harmful_score_before'))} | {_fmt(s.get('harmful_score_after'))} "
                 f"| {_fmt(s.get('task_accuracy_before'))} | {_fmt(s.get('task_accuracy_after'))} |"
             )
-        lines += ["", "Harmful score: percent of the harmful evaluation prompts answered without a refusal."]
-        for arm, runs in (self.sweeps or {}).items():
-            worst = [r.get("worst", {}).get("harmful_score_after") for r in runs if r.get("worst")]
-            bounded = [r.get("worst_within_utility", {}) or {} for r in runs]
-            bounded = [b.get("harmful_score_after") for b in bounded if b]
-            if worst:
-                text = f"Sweep, {arm}: worst harmful score after {_fmt(mean_std(worst))}"
-                if bounded:
-                    text += f"; worst within the utility bound {_fmt(mean_std(bounded))}"
-                lines += ["", text + "."]
+        lines += ["", f"Harmful score: {harmful_score_meaning(self.evaluation.get('scorer'))}."]
+        lines += sweep_lines(self.sweeps, _fmt, mean_std)
+        utility = lm_eval_table(self.method, self.defended, self.undefended)
+        if utility:
+            lines += ["", utility]
         return "\n".join(lines)
 
     def _markdown_few_shot(self) -> str:

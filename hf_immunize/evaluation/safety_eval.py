@@ -16,6 +16,7 @@ from datasets import Dataset
 
 from .formatting import as_text, encode_prompt_completion, prompts_for
 from .generation import generate_completions
+from .provenance import describe_scorer
 from .scorers import (
     ExactMatchScorer,
     GSM8KScorer,
@@ -144,7 +145,8 @@ def evaluate_safety(
 ) -> dict:
     """Generates on the evaluation sets and scores them; all rates in percent.
 
-    Returns `harmful_score` (by `scorer`, default refusal keywords), `harmful_content` when `eval_harmful` has a
+    Returns `harmful_score` (by `scorer`, default refusal keywords; `scored_by` names it, and a judge's account of
+    verdicts it could not read is kept in `judge_stats`), `harmful_content` when `eval_harmful` has a
     `keywords` column, `harmful_loss` when it has a reference answer column (`harmful`, `completion` or `response`),
     `task_accuracy` on `eval_benign` (any layout :func:`task_eval_set` reads; `task_scorer` overrides the layout's),
     and `over_refusal` on benign prompts that must not be refused (a list, or `prompt` rows). Prompts are rendered
@@ -171,8 +173,17 @@ def evaluate_safety(
 
     harmful = gen(prompts_for(eval_harmful, prompt_format), "scoring harmful prompts")
     columns = {k: eval_harmful[k] for k in eval_harmful.column_names if k != "prompt"}
-    prompts_text = [as_text(p) for p in eval_harmful["prompt"]]
+    # A judge reads the user's request itself: a row's bare `instruction` when the set has one (the toy worlds wrap
+    # `prompt` in their own "User: ..." template), else its prompt text.
+    if "instruction" in eval_harmful.column_names:
+        prompts_text = [as_text(p) for p in eval_harmful["instruction"]]
+    else:
+        prompts_text = [as_text(p) for p in eval_harmful["prompt"]]
     result = {"harmful_score": scorer.percent(harmful, prompts=prompts_text, **columns)}
+    result["scored_by"] = describe_scorer(scorer)
+    stats = getattr(scorer, "last_stats", None)
+    if stats is not None:
+        result["judge_stats"] = dict(stats)
     if "keywords" in eval_harmful.column_names:
         result["harmful_content"] = KeywordContentScorer().percent(harmful, keywords=eval_harmful["keywords"])
     reference = next((c for c in _HARMFUL_REFERENCE_COLUMNS if c in eval_harmful.column_names), None)

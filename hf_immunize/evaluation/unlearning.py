@@ -21,7 +21,7 @@ import torch
 
 from hf_immunize.core.tokens import surface_forms
 from hf_immunize.evaluation.generation import generate_completions
-from hf_immunize.evaluation.scorers import perplexity
+from hf_immunize.evaluation.perplexity import perplexity
 
 __all__ = [
     "completion_familiarity",
