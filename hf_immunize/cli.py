@@ -13,6 +13,10 @@ COMMANDS = {
     "unlearn": ("hf_immunize.commands.unlearn", "WHP unlearning (reinforce, labels, fine-tune) or GA/GradDiff/NPO"),
     "demo": ("hf_immunize.demo", "the short efficacy benchmark on the offline safety world (make demo)"),
     "attack": ("hf_immunize.commands.attack", "fine-tuning attack on saved models; prints a table, writes JSON + PNG"),
+    "sweep": (
+        "hf_immunize.commands.sweep",
+        "worst-case attack over attacker settings; one machine or many sharing an Optuna storage",
+    ),
     "evaluate": (
         "hf_immunize.commands.evaluate",
         "measure a saved model as its method's claim is stated; --write_card puts the report on its card",

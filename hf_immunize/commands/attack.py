@@ -6,8 +6,10 @@
 
 `--data toy` (default) uses the offline safety world and the `toy` preset (the safety benchmark's standard attack);
 `--data files` reads every set from a Hub id or a local file in any layout of `hf_immunize.data` and uses the `paper`
-preset (the Booster paper's attack). `hf-immunize evaluate` runs the same attack as a method's full measurement and
-puts the report on the model's card.
+preset (the Booster paper's attack). `--judge` picks the harmful-score judge (refusal keywords by default; a Llama
+Guard, StrongREJECT-style or moderation-classifier judge by preset or Hub id) and `--lm_eval_tasks` adds lm-eval
+utility tasks before and after the attack. `hf-immunize evaluate` runs the same attack as a method's full measurement
+and puts the report on the model's card; `hf-immunize sweep` searches the attacker's settings for the worst case.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = ["main", "make_parser"]
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from hf_immunize.commands.judging import add_judge_arguments, add_lm_eval_arguments
+
     p = argparse.ArgumentParser(prog="hf-immunize attack", description=__doc__, formatter_class=_Formatter)
     p.add_argument("--model", required=True, help="folder of the (defended) model, full weights or a PEFT adapter")
     p.add_argument("--baseline", help="folder of an undefended model, attacked the same way for comparison")
@@ -36,11 +40,14 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval_harmful", help="held-out harmful prompts: AdvBench, HarmBench, JailbreakBench, `prompt`")
     d.add_argument("--eval_task", help="task set with answers: GSM8K, `answer` column, a label task (optional)")
     add_attack_arguments(p)
+    add_judge_arguments(p)
+    add_lm_eval_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None):
     from hf_immunize.commands.evaluate import build_data
+    from hf_immunize.commands.judging import check_judge_arguments, judge_from_args, lm_eval_from_args
     from hf_immunize.core.hub import check_model_dir
     from hf_immunize.evaluation.protocols import load_saved_tokenizer, measure_attack
 
@@ -49,9 +56,12 @@ def main(argv: list[str] | None = None):
         check_model_dir(args.model, "--model")
         if args.baseline:
             check_model_dir(args.baseline, "--baseline")
+        check_judge_arguments(args)
         data = build_data(argparse.Namespace(**{**vars(args), "method": "booster"}))
         config = attack_config_from(args, args.data)
-    except (ValueError, FileNotFoundError, OSError) as err:
+        lm_eval = lm_eval_from_args(args)
+        judge = judge_from_args(args, progress=not args.no_progress)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
         print(f"hf-immunize attack: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     report = measure_attack(
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None):
         baseline=args.baseline,
         seeds=args.seeds,
         progress=not args.no_progress,
+        scorer=judge,
+        lm_eval=lm_eval,
     )
     paths = report.save(args.output_dir)
     print(report.to_markdown())

@@ -4,6 +4,8 @@ its card.
     hf-immunize evaluate --model outputs/booster-tiny --method booster --write_card
     hf-immunize evaluate --model my-defended --method booster --baseline my-sft --preset paper --data files \\
         --attack_harmful repnoise.json --attack_benign alpaca.json --eval_harmful advbench.csv --eval_task gsm8k.jsonl
+    hf-immunize evaluate --model my-defended --method booster --data files ... --judge llama-guard-3-8b \
+        --lm_eval_tasks arc_easy hellaswag --lm_eval_limit 500
     hf-immunize push outputs/booster-tiny --repo_id you/booster-tiny
 
 `--model` is the folder `trainer.save_model()` wrote (full weights or a PEFT adapter). Booster measures the harmful
@@ -12,7 +14,9 @@ unlearning the familiarity before and after a relearning attack, mistake analysi
 the guided prompt plus the attack. `--data toy` (default) uses the method's offline toy world; `--data files` reads
 each set from a Hub id or a local file in any layout of `hf_immunize.data`. The report goes to `--output_dir`; with
 `--write_card`, `MODEL/README.md` is re-rendered with it (keeping the settings recorded at save time) and the report's
-JSON and plot are written beside it, ready for `hf-immunize push`.
+JSON and plot are written beside it, ready for `hf-immunize push`. `--judge` picks the harmful-score judge of the
+attack (booster, mistake-sft; refusal keywords by default), and `--lm_eval_tasks` adds lm-eval utility tasks run
+before and after the attack; both are named on the card.
 """
 
 from __future__ import annotations
@@ -96,6 +100,8 @@ def attack_config_from(args, data_kind: str):
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from hf_immunize.commands.judging import add_judge_arguments, add_lm_eval_arguments
+
     p = argparse.ArgumentParser(prog="hf-immunize evaluate", description=__doc__, formatter_class=_Formatter)
     p.add_argument("--model", required=True, help="folder of the saved (defended) model: full weights or an adapter")
     p.add_argument("--method", required=True, choices=METHODS, help="the defense it was trained with")
@@ -126,6 +132,8 @@ def make_parser() -> argparse.ArgumentParser:
     ):
         d.add_argument(f"--{name}", help=text)
     add_attack_arguments(p)
+    add_judge_arguments(p)
+    add_lm_eval_arguments(p)
     r = p.add_argument_group("unlearn: relearning attack (defaults from --preset)")
     r.add_argument("--relearn_passages", type=int, help="forget passages the attacker trains on")
     r.add_argument("--relearn_steps", type=int, help="relearning optimizer steps")
@@ -249,6 +257,16 @@ def _check_before_compute(args) -> None:
             raise ValueError(f"--write_card: {str(card)!r} is not writable; nothing was written.")
     if args.max_eval_samples is not None and args.max_eval_samples < 1:
         raise ValueError(f"--max_eval_samples must be >= 1, got {args.max_eval_samples}.")
+    from hf_immunize.commands.judging import check_judge_arguments
+
+    check_judge_arguments(args)
+    attack_methods = ("booster", "mistake-sft")
+    if args.method not in attack_methods and (args.judge != "keyword" or args.lm_eval_tasks):
+        flag = "--judge" if args.judge != "keyword" else "--lm_eval_tasks"
+        raise ValueError(
+            f"{flag} applies to the fine-tuning attack of {' and '.join(attack_methods)}; --method {args.method} is "
+            "measured by its own protocol."
+        )
 
 
 def _relearn_config(args):
@@ -292,6 +310,8 @@ def _method_options(args) -> dict:
 
 def main(argv: list[str] | None = None):
     """Runs the command; a user error is one message on stderr and exit code 2, raised before any compute."""
+    from hf_immunize.commands.judging import judge_from_args, lm_eval_from_args
+
     args = make_parser().parse_args(argv)
     try:
         _check_before_compute(args)
@@ -300,6 +320,10 @@ def main(argv: list[str] | None = None):
             attack_config = attack_config_from(args, args.data)
             relearn = _relearn_config(args)
             options = _method_options(args)
+            lm_eval = lm_eval_from_args(args)
+            judge = judge_from_args(args, progress=not args.no_progress)
+            if judge is not None:
+                options["scorer"] = judge
     except (ValueError, TypeError, FileNotFoundError, OSError) as err:
         _error(str(err))
     from hf_immunize.evaluation.protocols import measure_saved_model
@@ -318,6 +342,7 @@ def main(argv: list[str] | None = None):
             relearn=relearn,
             max_eval_samples=args.max_eval_samples,
             progress=not args.no_progress,
+            lm_eval=lm_eval,
             **options,
         )
     output_dir = Path(args.output_dir or Path("outputs") / "evaluate" / Path(args.model).resolve().name)
