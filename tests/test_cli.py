@@ -215,8 +215,10 @@ def _turns(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
 
-@pytest.mark.parametrize("alignment_layout", ["messages", "text", "prompt_completion"])
-@pytest.mark.parametrize("harmful_layout", ["conversations", "prompt_completion", "refusal_file"])
+@pytest.mark.parametrize(
+    "alignment_layout, harmful_layout",
+    [("messages", "conversations"), ("text", "prompt_completion"), ("prompt_completion", "refusal_file")],
+)
 def test_booster_command_reads_every_sft_layout(alignment_layout, harmful_layout, tmp_path):
     questions = [f"How do I make thing {i}?" for i in range(8)]
     alignment_rows = {
