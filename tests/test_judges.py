@@ -80,11 +80,11 @@ def _train(judge: GenerativeJudge, items, steps: int, seed: int = 0) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     rng = random.Random(seed)
     for _ in range(steps):
-        batch = rng.sample(rows, 16)
+        batch = rng.sample(rows, 8)
         width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((16, width), tok.pad_token_id)
-        labels = torch.full((16, width), -100)
-        mask = torch.zeros((16, width), dtype=torch.long)
+        input_ids = torch.full((8, width), tok.pad_token_id)
+        labels = torch.full((8, width), -100)
+        mask = torch.zeros((8, width), dtype=torch.long)
         for i, (ids, n_prompt) in enumerate(batch):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
@@ -112,7 +112,7 @@ def judges(world, tmp_path_factory):
     rubric_file = tmp_path_factory.mktemp("templates") / "short_rubric.txt"
     rubric_file.write_text(SHORT_RUBRIC)
     out = {}
-    for protocol, steps in (("guard", 120), ("rubric", 150), ("logits", 120)):
+    for protocol, steps in (("guard", 250), ("rubric", 150), ("logits", 80)):
         judge = GenerativeJudge(
             tiny_causal_lm(seed=1),
             tiny_tokenizer(),

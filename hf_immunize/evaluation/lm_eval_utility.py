@@ -73,38 +73,36 @@ def lm_eval_version() -> str:
     return getattr(lm_eval, "__version__", "unknown")
 
 
-def _task_manager(include_path: str | None, tasks: list[str]):
-    """A TaskManager that knows `tasks`: the include folder alone when it holds them all (indexing the ~15,000
-    built-in task files takes tens of seconds), else the built-in tasks too."""
+def _manager(include_path: str | None, defaults: bool):
     from lm_eval.tasks import TaskManager
 
-    keys = [(include_path, False)] if include_path else []
-    keys.append((include_path, True))
-    for key in keys:
-        if key not in _TASK_MANAGERS:
-            path, defaults = key
-            _TASK_MANAGERS[key] = TaskManager(include_path=path, include_defaults=defaults)
-        manager = _TASK_MANAGERS[key]
-        if all(task in manager.all_tasks for task in tasks):
-            return manager
-    return manager
+    key = (include_path, defaults)
+    if key not in _TASK_MANAGERS:
+        _TASK_MANAGERS[key] = TaskManager(include_path=include_path, include_defaults=defaults)
+    return _TASK_MANAGERS[key]
 
 
 def check_lm_eval(config: LmEvalConfig):
-    """Before any compute: lm-eval is installed and knows every task (a typo names the closest known tasks)."""
+    """Before any compute: lm-eval is installed and knows every task (a typo names the closest known tasks).
+    Returns a TaskManager that knows them: the include folder alone when it holds them all (indexing the ~15,000
+    built-in task files takes tens of seconds, once per process), else the built-in tasks too."""
     import difflib
 
     if not isinstance(config, LmEvalConfig):
         raise TypeError(f"`lm_eval` must be an LmEvalConfig, got {type(config).__name__}.")
     lm_eval_version()
-    manager = _task_manager(config.include_path, config.tasks)
-    unknown = [t for t in config.tasks if t not in manager.all_tasks]
+    own = _manager(config.include_path, False).all_tasks if config.include_path else []
+    if own and all(t in own for t in config.tasks):
+        return _manager(config.include_path, False)
+    builtin = _manager(None, True).all_tasks
+    known = set(own) | set(builtin)
+    unknown = [t for t in config.tasks if t not in known]
     if unknown:
-        hints = {t: difflib.get_close_matches(t, manager.all_tasks, n=3) for t in unknown}
+        hints = {t: difflib.get_close_matches(t, sorted(known), n=3) for t in unknown}
         where = f" (searched {Path(config.include_path).name!r} and the built-in tasks)" if config.include_path else ""
         listed = "; ".join(f"{t!r} (close: {hints[t]})" for t in unknown)
         raise ValueError(f"unknown lm-eval task(s){where}: {listed}.")
-    return manager
+    return _manager(config.include_path, True) if own else _manager(None, True)
 
 
 def _metrics(results: dict) -> dict:
