@@ -55,7 +55,7 @@ def _source_digest() -> str:
     from hf_immunize.data import toy
 
     h = hashlib.sha256()
-    for path in (Path(__file__), Path(toy.__file__)):
+    for path in (Path(__file__), *sorted(Path(toy.__file__).parent.glob("*.py"))):  # the toy package's modules
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

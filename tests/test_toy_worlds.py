@@ -115,8 +115,9 @@ def test_bios_world_errors():
         make_bios_world(n=20).with_label(make_bios_world(n=20).train, "age")
 
 
-def test_book_world_facts_terms_and_prompts():
-    world = make_book_world(seed=0, n_passages=60)
+@pytest.mark.parametrize("style", ["fair", "legacy"])
+def test_book_world_facts_terms_and_prompts(style):
+    world = make_book_world(seed=0, n_passages=60, style=style)
     forget = " ".join(list(world.forget["text"]) + list(world.forget_heldout["text"]))
     retain = " ".join(world.retain["text"])
     for term in world.anchored_terms:
@@ -128,4 +129,54 @@ def test_book_world_facts_terms_and_prompts():
     for row in world.familiarity_prompts:
         assert all(t in world.anchored_terms for t in row["targets"])
     assert not set(world.forget["text"]) & set(world.forget_heldout["text"])
-    assert list(make_book_world(seed=0, n_passages=60).forget["text"]) == list(world.forget["text"])
+    assert list(make_book_world(seed=0, n_passages=60, style=style).forget["text"]) == list(world.forget["text"])
+    assert world.settings["style"] == style
+
+
+_FUNCTION_WORDS = {"the", "a", "an", "of", "to", "in", "at", "on", "and", "with", "from", "by", "for", "old"}
+
+
+def _first_tokens_and_overlap(world, tokenizer):
+    """First tokens of every substitute's surface forms (what WHP's forbidden-token rule bans after inserting one),
+    their share of the forget text's tokens, and the share of retain 4-grams that also occur in forget text."""
+    from hf_immunize.core.tokens import surface_forms
+
+    firsts = {
+        ids[0]
+        for values in world.anchored_terms.values()
+        for v in values
+        for ids in surface_forms(tokenizer, v).values()
+    }
+    forget = [t for text in world.forget["text"] for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    share = sum(t in firsts for t in forget) / len(forget)
+
+    def grams(texts):
+        out = set()
+        for text in texts:
+            words = text.replace(".", " .").replace(",", " ,").split()
+            out |= {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+        return out
+
+    retain_grams = grams(world.retain["text"])
+    overlap = len(retain_grams & grams(world.forget["text"])) / len(retain_grams)
+    return firsts, share, overlap
+
+
+def test_fair_book_world_substitutes_and_templates(tiny_tokenizer):
+    """The fair world's dictionary bans only names (no substitute starts with a function word), and its forget and
+    retain passages share almost no 4-gram; the legacy world fails both, which is what the fair world repairs."""
+    fair = make_book_world(seed=0)
+    firsts, share, overlap = _first_tokens_and_overlap(fair, tiny_tokenizer)
+    # Case-sensitive, with or without the leading space: " the" and "the" are articles, "A" (of "Austin") is not.
+    function_tokens = {w for word in _FUNCTION_WORDS for w in (word, " " + word)}
+    banned = {tiny_tokenizer.decode([t]) for t in firsts} & function_tokens
+    assert not banned, banned
+    assert share < 0.05 and overlap < 0.01, (share, overlap)
+    for key, values in fair.anchored_terms.items():  # generic substitutes come from the retain world
+        assert all(v in " ".join(fair.retain["text"]) for v in values), key
+    legacy = make_book_world(seed=0, style="legacy")
+    firsts, share, overlap = _first_tokens_and_overlap(legacy, tiny_tokenizer)
+    assert " the" in {tiny_tokenizer.decode([t]) for t in firsts}
+    assert share > 0.05 and overlap > 0.01, (share, overlap)
+    with pytest.raises(ValueError, match="style"):
+        make_book_world(style="unfair")

@@ -176,11 +176,14 @@ def test_degenerate_row_breaks_mean_but_not_minus_inf(translated):
     block = next(b for b in translated if b.inserted)
     j, tokens = block.inserted[0]
     p = next(p for p, q in enumerate(block.mapping[:-1]) if q > j)
-    V = max(tokens) + 10
+    V = max(t for _, ts in block.inserted for t in ts) + 10
     zb, zr = torch.zeros(len(block.translated), V), torch.zeros(len(block.original), V)
     zb[:, tokens[0]] = 10.0  # every other token sits below the row mean
-    assert int(generic_labels(zb, zr, block, 5.0, "mean")[p + 1]) == tokens[0]
-    assert int(generic_labels(zb, zr, block, 5.0, "-inf")[p + 1]) not in tokens
+    # Forbidden at p's translated position: the first tokens of every substitute inserted before it. Under "mean"
+    # they all sit at the row mean, above every other token, so the label is one of them.
+    forbidden = {t for q, ts in block.inserted if q < block.mapping[p] for t in ts}
+    assert int(generic_labels(zb, zr, block, 5.0, "mean")[p + 1]) in forbidden
+    assert int(generic_labels(zb, zr, block, 5.0, "-inf")[p + 1]) not in forbidden
 
 
 def test_label_formula_and_extra_alpha_columns(translated, tiny_tokenizer):
