@@ -22,7 +22,7 @@ COMMANDS = {
         "measure a saved model as its method's claim is stated; --write_card puts the report on its card",
     ),
     "push": ("hf_immunize.commands.push", "upload a saved model folder (weights, tokenizer, card, plot) to the Hub"),
-    "bench": ("hf_immunize.benchmark", "the efficacy benchmark: every arm, 3 seeds, standard attack and sweep"),
+    "bench": ("hf_immunize.bench.cli", "the efficacy benchmarks: --world safety|bios|book, every arm, 3 seeds"),
 }
 
 
