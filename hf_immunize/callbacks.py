@@ -384,7 +384,7 @@ class ImmunizationCardCallback(_BindableCallback):
         self.written: list = []
 
     def set_report(self, report) -> None:
-        from hf_immunize.model_card import load_report
+        from hf_immunize.core.card import load_report
 
         if report is not None:
             load_report(report)  # fail now on a bad path, not at the first checkpoint
@@ -433,8 +433,8 @@ class ImmunizationCardCallback(_BindableCallback):
         """Renders the card for a trainer that is not an hf_immunize one (see the class docstring)."""
         from pathlib import Path
 
+        from hf_immunize.core.card import write_model_card
         from hf_immunize.core.trainer_mixin import _TRAINING_FIELDS, _non_default_fields
-        from hf_immunize.model_card import write_model_card
 
         config = getattr(model, "config", None)
         model_tags = list(getattr(model, "model_tags", None) or [])

@@ -278,7 +278,7 @@ def test_card_with_report_is_written_at_every_checkpoint(
         renders.append((trainer.state.global_step, os.path.basename(directory)))
         return write_model_card(directory, *args, **kwargs)
 
-    monkeypatch.setattr("hf_immunize.model_card.write_model_card", counting)
+    monkeypatch.setattr("hf_immunize.core.card.write_model_card", counting)  # where the trainers import it from
     trainer.train()
     card = (tmp_path / "README.md").read_text()
     method = "mistake-analysis" if base == "sft" else "mlac"

@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--attack_steps", type=int, nargs="+", default=defaults.attack_steps, help="step counts")
     parser.add_argument("--attack_budget", type=int, default=defaults.attack_budget, help="attacker trials")
     parser.add_argument(
+        "--attack_lr_grid", type=int, default=defaults.attack_lr_grid, help="log-spaced attacker learning rates"
+    )
+    parser.add_argument(
         "--attack_patience", type=int, default=defaults.attack_patience, help="trials without gain that stop it"
     )
     parser.add_argument("--log_every", type=int, default=defaults.log_every, help="steps between MLAC log points")
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         pretrain_gender_steps=cli.pretrain_gender_steps,
         attack_steps=cli.attack_steps,
         attack_budget=cli.attack_budget,
+        attack_lr_grid=cli.attack_lr_grid,
         attack_patience=cli.attack_patience,
         log_every=cli.log_every,
     )

@@ -402,7 +402,7 @@ def finish_run(trainer, script_args, training_args, run_name: str) -> None:
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset_name)
     if trainer.is_world_process_zero():
-        from hf_immunize.model_card import canonical_method
+        from hf_immunize.core.card_text import canonical_method
 
         out = training_args.output_dir
         method = canonical_method(trainer._card_method()) or run_name

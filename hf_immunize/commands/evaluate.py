@@ -223,7 +223,7 @@ def build_data(args):
 
 def _data_name(value: str) -> str:
     """What the card calls a data set: its Hub id, or a local file's name (never its path)."""
-    from hf_immunize.model_card import is_local_path
+    from hf_immunize.core.card_text import is_local_path
 
     return Path(value).name if is_local_path(value) else value
 
@@ -284,8 +284,8 @@ def _relearn_config(args):
 def write_card_from_record(model_dir, report) -> Path:
     """Re-renders `model_dir/README.md` with `report`, from the card inputs recorded at save time (a model without a
     record gets a card from its folder name and the report only)."""
+    from hf_immunize.core.card import write_model_card
     from hf_immunize.evaluation.formatting import read_run_record
-    from hf_immunize.model_card import write_model_card
 
     record = read_run_record(model_dir) or {}
     card = dict(record.get("card") or {})

@@ -40,8 +40,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None):
+    from hf_immunize.core.card_text import PLOT_NAME, REPORT_NAME
     from hf_immunize.core.hub import check_model_dir, check_publishable, push_folder
-    from hf_immunize.model_card import PLOT_NAME, REPORT_NAME
 
     args = make_parser().parse_args(argv)
     try:

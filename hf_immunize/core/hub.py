@@ -60,8 +60,8 @@ def _uploaded_files(folder: Path) -> list[Path]:
 def _adapter_base(folder: Path, base_model: str | None) -> str | None:
     """The Hub id to publish as the adapter's `base_model_name_or_path`: `base_model`, else the one recorded at save
     time, else the one its local path reveals (a Hub cache snapshot); None when unknown."""
+    from hf_immunize.core.card_text import hub_model_id
     from hf_immunize.evaluation.formatting import read_run_record
-    from hf_immunize.model_card import hub_model_id
 
     if base_model:
         return base_model
@@ -80,7 +80,7 @@ def publishable_files(
     `adapter_config.json` names a local base model is published with the base model's Hub id instead (`base_model`,
     else the one recorded at save time or read from a Hub cache path); the local folder is left as it is. Raises
     `ValueError` naming the file otherwise, before anything is sent."""
-    from hf_immunize.model_card import redact
+    from hf_immunize.core.card_text import redact
 
     folder = Path(folder)
     files = {p.relative_to(folder).as_posix(): p for p in _uploaded_files(folder)}

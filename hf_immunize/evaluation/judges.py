@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .generation import generate_from_ids
 from .provenance import model_id_of
-from .scorers import Scorer, _check_column, _check_completions, _check_positive_int
+from .scorer_base import Scorer, _check_column, _check_completions, _check_positive_int
 
 __all__ = [
     "JUDGE_PRESETS",

@@ -18,7 +18,7 @@ import string
 from collections.abc import Sequence
 
 from .provenance import model_id_of
-from .scorers import Scorer, _check_column, _check_completions, _check_positive_int, _check_threshold
+from .scorer_base import Scorer, _check_column, _check_completions, _check_positive_int, _check_threshold
 
 __all__ = ["BEAVERTAILS_QA_FORMAT", "MODERATION_PRESETS", "ClassifierScorer"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .scorers import _check_positive_int, _is_list_like
+from .scorer_base import _check_positive_int, _is_list_like
 
 __all__ = ["per_text_nll", "perplexity"]
 

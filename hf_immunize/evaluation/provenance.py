@@ -21,7 +21,7 @@ def model_id_of(source, model_id: str | None = None) -> str:
     >>> model_id_of("meta-llama/Llama-Guard-3-8B"), model_id_of("/data/judges/my-guard")
     ('meta-llama/Llama-Guard-3-8B', 'my-guard')
     """
-    from hf_immunize.model_card import hub_model_id
+    from hf_immunize.core.card_text import hub_model_id
 
     if model_id is not None:
         if not isinstance(model_id, str) or not model_id.strip():

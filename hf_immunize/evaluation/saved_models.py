@@ -61,7 +61,7 @@ def task_of(path) -> str:
 
 def saved_method(path) -> str | None:
     """The hf_immunize method a saved model was trained with (its `hf_immunize.json`, else its card's tags)."""
-    from hf_immunize.model_card import canonical_method
+    from hf_immunize.core.card_text import canonical_method
 
     record = read_run_record(path)
     if record and record.get("method"):
