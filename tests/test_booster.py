@@ -70,10 +70,10 @@ class _Recording(BoosterTrainer):
         super().__init__(*args, **kwargs)
         self.passes, self.restored, self.added = [], [], []
 
-    def _harmful_gradient(self, unwrapped, params, harmful):
+    def _harmful_gradient(self, unwrapped, params, harmful, out=None):
         weights = [p.detach().clone() for p in params]
         self.passes.append(([b["input_ids"].clone() for b in harmful.batches], weights, harmful.indices))
-        return super()._harmful_gradient(unwrapped, params, harmful)
+        return super()._harmful_gradient(unwrapped, params, harmful, out=out)
 
     def _add_booster_gradient(self, model):
         before = _params(model)

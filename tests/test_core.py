@@ -302,3 +302,25 @@ def test_gradient_buffer_and_perturbation_keep_fp64_in_fp64():
     expected = torch.tensor([1.0 + 2.0**-40 - 0.3, 3.0 - 0.4], dtype=torch.float64)
     assert torch.allclose(moved, expected, rtol=0.0, atol=1e-15) and moved.dtype == torch.float64
     assert weight[0].item() == 1.0 + 2.0**-40  # restored bit-exactly
+
+
+def test_gradient_buffer_copy_overwrites_and_perturbed_reuses_a_backup():
+    """What Booster keeps from step to step: `copy_` equals `zero_()` + `add_()`, and `perturbed` with a kept backup
+    restores the weights bit-exactly, as with its own copy."""
+    from hf_immunize.core.perturbation import GradientBuffer, perturbed
+
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    grads = [torch.randn(3, 2), None]
+    reused, fresh = GradientBuffer(params), GradientBuffer(params)
+    reused.flat.fill_(7.0)  # stale values from an earlier step
+    reused.copy_(grads)
+    fresh.add_(grads)
+    assert torch.equal(reused.flat, fresh.flat) and torch.equal(reused.views[1], torch.zeros(4))
+    before = [p.detach().clone() for p in params]
+    backup = [torch.empty_like(p) for p in params]
+    with perturbed(params, [torch.ones(3, 2), torch.ones(4)], 0.5, backup=backup):
+        assert not torch.equal(params[0], before[0])
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    with pytest.raises(ValueError, match="backup"):
+        with perturbed(params, [torch.ones(3, 2), torch.ones(4)], 0.5, backup=backup[:1]):
+            pass

@@ -80,6 +80,24 @@ class GradientBuffer:
         self.flat.zero_()
         return self
 
+    def matches(self, params: Sequence[torch.Tensor]) -> bool:
+        """Whether this buffer has a view of the shape of every one of `params`, in order (so it can be reused)."""
+        params = list(params)
+        return len(params) == len(self.shapes) and all(p.shape == s for p, s in zip(params, self.shapes))
+
+    def copy_(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """Overwrites the buffer with `grads` (`None` entries become zeros): `zero_()` then `add_(grads)` in one
+        pass, so a buffer reused from step to step needs no zeroing first."""
+        if len(grads) != len(self.views):
+            raise ValueError(f"expected {len(self.views)} gradients, got {len(grads)}.")
+        pairs = [(v, g) for v, g in zip(self.views, grads) if g is not None]
+        if pairs:
+            views, values = zip(*pairs, strict=True)
+            torch._foreach_copy_(list(views), list(values))
+        for v, g in zip(self.views, grads):
+            if g is None:
+                v.zero_()
+
     def add_(self, grads: Sequence[torch.Tensor | None], alpha: float = 1.0) -> None:
         """Adds `alpha * grads` (one entry per parameter; `None` means no gradient) into the buffer, in its dtype."""
         if len(grads) != len(self.views):
@@ -101,6 +119,7 @@ def perturbed(
     step_size: float,
     eps: float = NORM_EPS,
     norm: torch.Tensor | float | None = None,
+    backup: Sequence[torch.Tensor] | None = None,
 ) -> Iterator[torch.Tensor | float]:
     """Moves `params` to `w - step_size · d / (‖d‖ + eps)` for the duration of the block, then restores them.
 
@@ -108,7 +127,8 @@ def perturbed(
     :class:`GradientBuffer`). The weights are restored with `copy_` from a copy taken on entry, so they are
     bit-identical afterwards, also when the block raises. A zero direction moves nothing; a direction with a
     non-finite norm (an overflowed gradient) moves nothing either, instead of writing NaN into the weights. Yields
-    the global norm of `direction` (fp32, 0-dim; or `norm` as given).
+    the global norm of `direction` (fp32, 0-dim; or `norm` as given). `backup`: tensors shaped like `params` to hold
+    the saved copy (a caller that perturbs at every step keeps them instead of allocating new ones each time).
 
     fp32 parameters move by `p.add_(d, alpha=-scale)`; others get the step computed in fp32 (fp64 for fp64
     parameters) and rounded once.
@@ -131,7 +151,14 @@ def perturbed(
 
     norm = global_norm(direction) if norm is None else norm
     targets = [p.detach() for p in params]
-    backup = [t.clone() for t in targets]
+    if backup is None:
+        backup = [t.clone() for t in targets]
+    else:
+        backup = list(backup)
+        mismatch = any(b.shape != t.shape or b.dtype != t.dtype for b, t in zip(backup, targets))
+        if len(backup) != len(targets) or mismatch:
+            raise ValueError("`backup` must hold one tensor of each parameter's shape and dtype, in order.")
+        torch._foreach_copy_(backup, targets)
     try:
         norm_value = float(norm)  # one host sync: a non-finite norm must not reach the weights (inf * 0 is NaN)
         if step_size > 0 and math.isfinite(norm_value):

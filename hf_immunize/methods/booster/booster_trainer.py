@@ -182,6 +182,8 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
         self._window_loss: torch.Tensor | None = None
         self._reused: _ReusedCorrection | None = None  # fast variant only
         self._pending_reused_state: dict | None = None  # from a checkpoint, until the next step
+        # g, g' and the saved weights of the harmful phase, kept from step to step (allocated once, not every step).
+        self._phase_buffers: tuple[GradientBuffer, GradientBuffer, list[torch.Tensor]] | None = None
         self.last_harmful_indices: list[list[int]] = []  # rows of the last harmful micro-batches drawn
 
     # ---- the update -------------------------------------------------------------------------------------------
@@ -233,7 +235,11 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
         harmful = _HarmfulBatch(indices, batches, self._count_loss_tokens(batches))
         self.last_harmful_indices = indices
 
-        grad, loss = self._harmful_gradient(unwrapped, params, harmful)
+        local = local_tensors(params)
+        if self._phase_buffers is None or not self._phase_buffers[0].matches(local):
+            self._phase_buffers = (GradientBuffer(local), GradientBuffer(local), [t.detach().clone() for t in local])
+        grad_out, perturbed_out, backup = self._phase_buffers
+        grad, loss = self._harmful_gradient(unwrapped, params, harmful, out=grad_out)
         # A host float: it decides whether the step is taken at all. FSDP2: squares summed over the shards.
         norm = float(sharded_norm([grad.flat], params) if is_sharded(params) else grad.norm())
         self._log_metric("booster/harmful_loss", loss)
@@ -247,9 +253,9 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
             )
             return None
         step = (args.perturbation_step_size, args.perturbation_eps)
-        with perturbed(local_tensors(params), grad.views, *step, norm=norm):
+        with perturbed(local, grad.views, *step, norm=norm, backup=backup):
             reshard(unwrapped)  # FSDP2: the next forward gathers the perturbed shards
-            grad_perturbed, loss_perturbed = self._harmful_gradient(unwrapped, params, harmful)
+            grad_perturbed, loss_perturbed = self._harmful_gradient(unwrapped, params, harmful, out=perturbed_out)
         reshard(unwrapped)
         self._log_metric("booster/harmful_loss_perturbed", loss_perturbed)
         self._log_metric("booster/harmful_loss_drop", loss - loss_perturbed)
@@ -275,25 +281,34 @@ class BoosterTrainer(ImmunizeTrainerMixin, SFTTrainer):
             reused = self._reused = None
         return reused
 
-    def _harmful_gradient(self, unwrapped, params, harmful: _HarmfulBatch) -> tuple[GradientBuffer, torch.Tensor]:
-        """∇h and h at the current weights: token sums of every micro-batch over the draw's token count.
+    def _harmful_gradient(
+        self, unwrapped, params, harmful: _HarmfulBatch, out: GradientBuffer | None = None
+    ) -> tuple[GradientBuffer, torch.Tensor]:
+        """∇h and h at the current weights: token sums of every micro-batch over the draw's token count, written into
+        `out` (overwritten; a new buffer when None).
 
         Without sharding: `torch.autograd.grad` on the unwrapped model (no DDP hook fires), then one all-reduce of the
         gradient and the loss. FSDP2: `backward()` (inside `stashed_grads`), whose reduce-scatter averages over the
         processes, so the loss is scaled by their number to sum instead; the buffer holds this process's shards.
         """
         sharded = is_sharded(params)
-        grad = GradientBuffer(local_tensors(params))
+        grad = out if out is not None else GradientBuffer(local_tensors(params))
+        if not harmful.batches:
+            grad.zero_()
         total = torch.zeros((), dtype=torch.float32, device=grad.flat.device)
         denominator = harmful.num_tokens.clamp(min=1).to(torch.float32)
         with preserved_rng(self.args.device):  # same dropout masks at w and w'; the global RNG is left as it was
-            for batch in harmful.batches:
+            for i, batch in enumerate(harmful.batches):
                 with self.compute_loss_context_manager():
                     loss = self._summed_token_nll(unwrapped, batch) / denominator
                 if sharded:
-                    grad.add_(backward_into(loss, params, scale=self.accelerator.num_processes))
+                    micro = backward_into(loss, params, scale=self.accelerator.num_processes)
                 else:
-                    grad.add_(torch.autograd.grad(loss, params, allow_unused=True))
+                    micro = torch.autograd.grad(loss, params, allow_unused=True)
+                if i == 0:  # the first micro-batch overwrites the buffer: no zeroing pass
+                    grad.copy_(micro)
+                else:
+                    grad.add_(micro)
                 total += loss.detach().float()
         if self.accelerator.num_processes > 1 and sharded:  # the gradient is reduced already
             total = self._reduce_sum(total)
