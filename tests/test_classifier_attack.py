@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 
 from hf_immunize.data.toy import BiosWorld, make_bios_world
-from hf_immunize.evaluation import classifier_attack as ca
+from hf_immunize.evaluation import classifier_runs, classifier_search
 from hf_immunize.evaluation.classifier_attack import (
     SOLVE_THRESHOLDS,
     ClassifierAttackConfig,
@@ -101,8 +101,9 @@ def no_training(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("training started before validation")
 
-    monkeypatch.setattr(ca, "_load_or_copy", boom)
-    monkeypatch.setattr(ca.torch.optim, "Adam", boom)
+    for module in (classifier_runs, classifier_search):  # where the attack and its search load the model
+        monkeypatch.setattr(module, "_load_or_copy", boom)
+    monkeypatch.setattr(torch.optim, "Adam", boom)
 
 
 def test_too_many_examples_named_with_both_numbers(classifier, tiny_tokenizer, gender, no_training):
@@ -308,7 +309,7 @@ def scripted(monkeypatch):
             calls.append(config)
             return types.SimpleNamespace(best_accuracy=score(config))
 
-        monkeypatch.setattr(ca, "attack_classifier", fake_attack)
+        monkeypatch.setattr(classifier_search, "attack_classifier", fake_attack)  # what the search calls
         return calls
 
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError even where it is installed

@@ -68,12 +68,13 @@ def _trial_accuracy(curves: list[dict], point: dict) -> float:
     return max(acc for step, acc in run["curve"] if step <= point["steps"])
 
 
-def replay_search(curves: list[dict], settings: Settings, seed: int, patience: int) -> dict:
-    """`search_classifier_attack`'s grid search (sampler "grid") replayed on the curves: same order, same rules."""
+def replay_search(curves: list[dict], settings: Settings, seed: int, patience: int, budget: int | None = None) -> dict:
+    """`search_classifier_attack`'s grid search (sampler "grid") replayed on the curves: same order, same rules
+    (`budget` defaults to the settings' attacker budget)."""
     points = _space(settings).grid()
     random.Random(seed).shuffle(points)  # the grid proposer's order
     trials, best, since, stop = [], 0, 0, "budget"
-    for index in range(settings.attack_budget):
+    for index in range(settings.attack_budget if budget is None else budget):
         if index >= len(points):
             stop = "exhausted"
             break
@@ -117,7 +118,18 @@ def _repeats(model, tokenizer, world, settings: Settings, point: dict, n: int) -
     ]
 
 
-def run(settings: Settings, model_dir: Path | None, log=print) -> dict:
+def _stored_curves(previous: dict | None, settings: Settings, seed: int, arm: str) -> list[dict] | None:
+    """Curves of an earlier run of this study with the same settings (they depend on nothing else)."""
+    if not previous:
+        return None
+    keep = ("seeds", "arms", "attack_patience", "attack_budget", "attack_repeats")
+    same = {k: v for k, v in previous.get("settings", {}).items() if k not in keep} == {
+        k: v for k, v in asdict(settings).items() if k not in keep
+    }
+    return previous.get("per_seed", {}).get(str(seed), {}).get(arm, {}).get("curves") if same else None
+
+
+def run(settings: Settings, model_dir: Path | None, log=print, previous: dict | None = None) -> dict:
     from hf_immunize.data.toy import make_bios_world
     from hf_immunize.evaluation.classifier_attack import ClassifierAttackConfig
     from hf_immunize.testing import tiny_tokenizer
@@ -140,10 +152,13 @@ def run(settings: Settings, model_dir: Path | None, log=print) -> dict:
             for arm in settings.arms:
                 t0 = time.time()
                 model, extra = train_arm(arm, base, tokenizer, world, settings, seed, tmp, model_dir)
-                curves = grid_curves(model, tokenizer, world, settings, seed, n)
+                curves = _stored_curves(previous, settings, seed, arm)
+                if curves is None:
+                    curves = grid_curves(model, tokenizer, world, settings, seed, n)
+                size = len(_space(settings).grid())
                 searches = {
                     "stored_patience": replay_search(curves, settings, seed, settings.attack_patience),
-                    "whole_grid": replay_search(curves, settings, seed, len(_space(settings).grid())),
+                    "whole_grid": replay_search(curves, settings, seed, size, budget=size),
                 }
                 repeats = {
                     name: _repeats(model, tokenizer, world, settings, search["best"], n)
@@ -219,8 +234,11 @@ def markdown(run: dict) -> str:
 
 
 def main(settings: Settings, model_dir: Path | None, output: Path, command: str) -> dict:
+    from hf_immunize.bench.results import load
+
     t0 = time.time()
-    per_seed = run(settings, model_dir, log=lambda m: print(m, flush=True))
+    previous = load(output).get("exploration", {}).get("bios", {}).get("spread")
+    per_seed = run(settings, model_dir, log=lambda m: print(m, flush=True), previous=previous)
     result = {
         "command": command,
         "settings": asdict(settings),
