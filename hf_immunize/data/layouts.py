@@ -43,7 +43,7 @@ def load_by_layout(source: Source, label: str, *, bios_task: str = "profession")
     'Do harm'
     """
     if isinstance(source, str) and source.endswith(".json"):
-        from .adapters import _read_json_object
+        from .sources import _read_json_object
 
         obj = _read_json_object(source)
         if obj is not None and "instructions" in obj:  # safety-tuned-llamas' harmful instruction files
