@@ -23,30 +23,36 @@ DDP or one process each process runs its own episode and the gradients are avera
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import _is_peft_model, unwrap_peft_model
+from transformers.trainer_utils import _is_peft_model
 
 from hf_immunize.core.paired import build_paired_stream
 from hf_immunize.core.perturbation import GradientBuffer, preserved_rng
-from hf_immunize.core.sharding import all_gather_rows, is_sharded, local_tensor, stashed_grads
+from hf_immunize.core.sharding import is_sharded, local_tensor, stashed_grads
 from hf_immunize.core.trainer_mixin import ImmunizeTrainerMixin
 from hf_immunize.data.tokenize import PadCollator, pad_token_id_of, tokenize_rows
+from hf_immunize.methods.mlac.episodes import EpisodeMixin
 from hf_immunize.methods.mlac.inner_loop import (
     FunctionalAdam,
     FunctionalSGD,
-    bounded_harmful_loss,
-    head_adjusted_loss,
     run_episode,
-    solve_head_adjustment,
 )
 from hf_immunize.methods.mlac.mlac_config import MLACConfig
-from hf_immunize.methods.mlac.shared_episode import check_shared_episode, run_shared_first_order_episode
+from hf_immunize.methods.mlac.model_checks import (
+    _as_mlac_config,
+    _attention_context,
+    _check_attention,
+    _harmful_classes,
+    _head_parameter_names,
+    _resolve_task,
+    _resolve_weights,
+    _summed_loss,
+)
+from hf_immunize.methods.mlac.shared_episode import check_shared_episode
 
 __all__ = ["MLACTrainer"]
 
@@ -57,11 +63,9 @@ _CITATION = """@inproceedings{henderson2023selfdestructing,
   year      = {2023},
   url       = {https://arxiv.org/abs/2211.14946}
 }"""
-_HEAD_ATTRIBUTES = ("classifier", "score", "classification_head", "head")
-_LR_GRAD_CLIP = 10.0  # the learned inner lr's gradient clip [code]
 
 
-class MLACTrainer(ImmunizeTrainerMixin, Trainer):
+class MLACTrainer(EpisodeMixin, ImmunizeTrainerMixin, Trainer):
     """`transformers.Trainer` on the desired task, plus MLAC's meta-learned censoring of a blocked task.
 
     Takes the usual `Trainer` arguments (`train_dataset` = the desired task; datasets may be tokenized, or raw
@@ -301,185 +305,6 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
         episode.pop("inner_batches"), episode.pop("outer_batch")
         self.last_episode = {**episode, "result": result}
 
-    def _run_shared_episode(self, unwrapped, outer: dict, adapted: dict, episode: dict, optimizer):
-        """FSDP2: one first-order episode on the model's own shards, shared by all processes."""
-        head_init = episode["head_init"]
-        fresh_head = (_classification_head(unwrapped)[1], head_init) if head_init is not None else None
-        names = [n for n, value in adapted.items() if value is not head_init]
-        self._shared_episode = True
-        try:
-            return run_shared_first_order_episode(
-                unwrapped,
-                outer,
-                names,
-                episode["inner_batches"],
-                episode["outer_batch"],
-                self._inner_loss,
-                self._outer_terms,
-                optimizer=optimizer,
-                lr=episode["lr"],
-                scale=self.accelerator.num_processes,
-                reduce_sum=self._reduce_sum,
-                max_grad_norm=self.args.inner_max_grad_norm,
-                fresh_head=fresh_head,
-            )
-        finally:
-            self._shared_episode = False
-
-    def _draw_episode(self, unwrapped) -> dict:
-        """Batch size, learning rate and fresh head from the trainer's generator; batches from the harmful stream."""
-        args, generator = self.args, self.episode_generator
-        sizes = args.inner_batch_sizes
-        batch_size = sizes[int(torch.randint(len(sizes), (1,), generator=generator))]
-        if args.learn_inner_learning_rate:
-            lr = self.inner_lr
-        else:
-            low, high = args.inner_learning_rate_range
-            u = float(torch.rand((), generator=generator, dtype=torch.float64))
-            lr = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
-        head_init = None
-        if self.reset_head:
-            head = _classification_head(unwrapped)[1]
-            bound = 1.0 / math.sqrt(head.in_features)  # nn.Linear's default init, U(-1/√fan_in, 1/√fan_in)
-            head_init = torch.empty(self.adversary_num_labels, head.in_features, dtype=torch.float32)
-            head_init.uniform_(-bound, bound, generator=generator)
-            head_init = head_init.to(device=head.weight.device, dtype=head.weight.dtype)  # (C, H)
-        stream = self.harmful_stream
-        inner_indices = [stream.next_indices(batch_size) for _ in range(args.inner_steps)]
-        outer_indices = stream.next_indices()
-        return {
-            "batch_size": batch_size,
-            "lr": lr,
-            "head_init": head_init,
-            "inner_indices": inner_indices,
-            "outer_indices": outer_indices,
-            "inner_batches": [self._split(stream.collate(ix)) for ix in inner_indices],
-            "outer_batch": self._split(stream.collate(outer_indices)),
-        }
-
-    def _split(self, batch: dict) -> tuple[dict, torch.Tensor]:
-        batch = self._prepare_inputs(batch)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return {**inputs, **self._forward_kwargs()}, batch["labels"]
-
-    def _adversary_tensors(self, unwrapped, outer: dict, episode: dict) -> tuple[dict, dict]:
-        """The tensors the adversary adapts (name → start value) and the fixed overrides (a bias-free head)."""
-        mode = self.args.adversary_params
-        all_params = dict(unwrapped.named_parameters())
-        # A classifier's adversary always trains its head; a causal LM's head (lm_head) only under "all" / "head".
-        with_head = mode == "head" or self.task == "classification"
-        head_names = [n for n in _head_parameter_names(unwrapped, self.task) if n is not None] if with_head else []
-        if mode == "all":
-            names = list(all_params)
-        elif mode == "lora":
-            names = [n for n in all_params if "lora_" in n] + head_names
-        else:
-            names = list(head_names)
-        overrides = {}
-        if self.reset_head:  # the model's own head is swapped out for the fresh, bias-free one
-            weight_name, bias_name = _head_parameter_names(unwrapped, self.task)
-            names = [n for n in names if n not in (weight_name, bias_name)]
-            if bias_name is not None:
-                overrides[bias_name] = episode["head_init"].new_zeros(self.adversary_num_labels)  # (C,)
-        adapted = {n: outer.get(n, all_params[n]) for n in dict.fromkeys(names)}
-        if self.reset_head:
-            adapted[weight_name] = episode["head_init"]
-        return adapted, overrides
-
-    def _inner_loss(self, outputs, labels: torch.Tensor) -> torch.Tensor:
-        total, count = _summed_loss(outputs.logits, labels, self.task)
-        if self._shared_episode:  # this process's share of the mean over every process's batch
-            count = self._reduce_sum(count)
-        return total / count.clamp(min=1)
-
-    def _outer_terms(self, outputs, labels: torch.Tensor):
-        """The defender's term at one point of the trajectory: −c·bounded harmful loss − e·head-adjusted loss."""
-        w, args = self.weights, self.args
-        logits = _upcast(outputs.logits)
-        if self.task == "causal_lm":
-            logits, labels = logits[:, :-1, :], labels[:, 1:]
-        mask = labels.ne(-100)
-        selected = logits[mask]  # (N, C) or (N, V): only the scored items
-        targets = labels[mask]  # (N,)
-        log_probs = torch.log_softmax(selected, dim=-1)
-        nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
-        if self._shared_episode:
-            return self._shared_outer_terms(selected, targets, log_probs, nll)
-        adversary_loss = nll.mean()
-        term = torch.zeros((), device=logits.device)
-        metrics = {"harmful_loss": float(adversary_loss.detach())}
-        if self.task == "classification":
-            metrics["harmful_accuracy"] = float((selected.argmax(-1) == targets).float().mean())
-        if w["c"]:
-            bounded = bounded_harmful_loss(nll, log_probs, args.harmful_loss_bound).mean()
-            term = term - w["c"] * bounded
-            metrics["harmful_loss_bounded"] = float(bounded.detach())
-        if w["e"]:
-            adjusted = head_adjusted_loss(selected, targets, args.head_adjustment_bound)
-            term = term - w["e"] * adjusted
-            metrics["head_adjusted_loss"] = float(adjusted.detach())
-        return term, adversary_loss, metrics
-
-    def _shared_outer_terms(self, selected, targets, log_probs, nll):
-        """`_outer_terms` in an FSDP2 episode: this process's share of each mean over all processes' items.
-
-        The head adjustment `W*` is solved on the logits of every process (gathered: N × C values, never weights),
-        so all processes use the `W*` of the whole outer batch, as one process would.
-        """
-        w, args = self.weights, self.args
-        count = self._reduce_sum(targets.new_tensor(targets.numel())).clamp(min=1).to(nll.dtype)
-        adversary_loss = nll.sum() / count
-        term = torch.zeros((), device=nll.device, dtype=nll.dtype)
-        metrics = {"harmful_loss": adversary_loss.detach()}
-        if self.task == "classification":
-            metrics["harmful_accuracy"] = (selected.argmax(-1) == targets).sum().to(nll.dtype) / count
-        if w["c"]:
-            bounded = bounded_harmful_loss(nll, log_probs, args.harmful_loss_bound).sum() / count
-            term = term - w["c"] * bounded
-            metrics["harmful_loss_bounded"] = bounded.detach()
-        if w["e"]:
-            every_logit, every_target = all_gather_rows(selected.detach()), all_gather_rows(targets)
-            mapping = solve_head_adjustment(every_logit, every_target, args.head_adjustment_bound)  # (C, C)
-            adjusted = F.cross_entropy(selected @ mapping, targets, reduction="sum") / count
-            term = term - w["e"] * adjusted
-            metrics["head_adjusted_loss"] = adjusted.detach()
-        return term, adversary_loss, metrics
-
-    def _step_inner_lr(self, lr_grad: torch.Tensor) -> None:
-        """One Adam step of the learned inner lr towards a *lower* adapted harmful loss (it helps the adversary)."""
-        grad = lr_grad.detach().clone()
-        if self.accelerator.num_processes > 1:
-            grad = self._reduce_sum(grad) / self.accelerator.num_processes
-        if not torch.isfinite(grad):
-            # A NaN episode (the outer step is skipped by the mixin's guard too) must not poison the learned lr.
-            self._log_metric("mlac/inner_lr_steps_skipped", 1.0)
-            return
-        self.inner_lr.grad = grad.clamp(-_LR_GRAD_CLIP, _LR_GRAD_CLIP)  # the norm of a scalar is its magnitude
-        self._inner_lr_optimizer.step()
-        self._inner_lr_optimizer.zero_grad(set_to_none=True)
-        low, high = self.args.inner_learning_rate_bounds
-        with torch.no_grad():
-            self.inner_lr.clamp_(low, high)
-
-    def _log_episode(self, episode: dict, result) -> None:
-        losses, metrics = result.adversary_losses, result.metrics
-        self._log_metric("mlac/objective", result.objective)
-        self._log_metric("mlac/harmful_loss", sum(losses) / len(losses))
-        self._log_metric("mlac/harmful_loss_start", losses[0])
-        self._log_metric("mlac/harmful_loss_end", losses[-1])
-        for key in ("harmful_loss_bounded", "head_adjusted_loss"):
-            if key in metrics:
-                self._log_metric(f"mlac/{key}", metrics[key])
-        if self.task == "classification":
-            self._log_metric("mlac/harmful_accuracy_end", result.final_metrics["harmful_accuracy"])
-        if result.inner_grad_norms:
-            self._log_metric("mlac/inner_grad_norm", sum(result.inner_grad_norms) / len(result.inner_grad_norms))
-        if self.weights["d"]:
-            self._log_metric("mlac/grad_norm_penalty", sum(result.inner_grad_norms) / len(result.inner_grad_norms))
-        lr = episode["lr"]
-        self._log_metric("mlac/inner_lr", float(lr.detach()) if isinstance(lr, torch.Tensor) else lr)
-        self._log_metric("mlac/inner_batch_size", episode["batch_size"])
-
     # ---- checkpoints and card ----------------------------------------------------------------------------------
 
     def _immunize_state_dict(self) -> dict:
@@ -516,153 +341,3 @@ class MLACTrainer(ImmunizeTrainerMixin, Trainer):
             ),
             "harmful_loss_bound": args.harmful_loss_bound,
         }
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Helpers: losses, heads, attention, data
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of cross-entropy over the labelled items and their count (examples, or next tokens for a causal LM)."""
-    if task == "causal_lm":
-        logits, labels = logits[:, :-1, :], labels[:, 1:]  # (B, T-1, V), (B, T-1)
-    logits = _upcast(logits.reshape(-1, logits.shape[-1]))  # (N, C)
-    labels = labels.reshape(-1)  # (N,)
-    total = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-    return total, labels.ne(-100).sum()
-
-
-def _upcast(tensor: torch.Tensor) -> torch.Tensor:
-    """Losses in at least fp32 (fp64 stays fp64: the exactness tests run in it)."""
-    return tensor if tensor.dtype == torch.float64 else tensor.float()
-
-
-def _resolve_task(model, task: str) -> str:
-    if task != "auto":
-        return task
-    base = unwrap_peft_model(model)
-    name = type(base).__name__
-    if name.endswith("ForCausalLM"):
-        return "causal_lm"
-    if name.endswith("ForSequenceClassification") or _find_head(base) is not None:
-        return "classification"
-    raise ValueError(
-        f"`task='auto'` cannot tell what {name} is: set `task` to 'classification' (a sequence classifier with a "
-        "linear head) or 'causal_lm'."
-    )
-
-
-def _resolve_weights(args: MLACConfig, task: str, model) -> dict:
-    """The outer weights and head reset with their task-dependent defaults; refuses combinations that do not apply."""
-    classifier = task == "classification"
-    c = args.adapted_loss_weight if args.adapted_loss_weight is not None else (0.0 if classifier else 1.0)
-    e = args.head_adjusted_loss_weight if args.head_adjusted_loss_weight is not None else (1.0 if classifier else 0.0)
-    reset = args.reset_adversary_head if args.reset_adversary_head is not None else classifier
-    if not classifier and e:
-        raise ValueError(
-            f"`head_adjusted_loss_weight` ({e}) applies to classifiers only: a causal LM's head is its vocabulary. "
-            "Use `adapted_loss_weight` (the bounded harmful next-token loss)."
-        )
-    if not classifier and reset:
-        raise ValueError("`reset_adversary_head=True` needs a classification head; a causal LM has none to reset.")
-    if classifier and _find_head(unwrap_peft_model(model)) is None:
-        raise ValueError(f"could not find the classification head of {type(unwrap_peft_model(model)).__name__}.")
-    if args.adversary_params == "lora" and not _is_peft_model(model):
-        raise ValueError("`adversary_params='lora'` needs LoRA adapters: pass `peft_config` or a PeftModel.")
-    if args.adversary_params == "head" and not reset and not classifier and model.get_output_embeddings() is None:
-        raise ValueError("`adversary_params='head'` needs an output embedding (lm_head) on a causal LM.")
-    return {"c": float(c), "d": float(args.grad_norm_weight), "e": float(e), "reset_head": reset}
-
-
-def _check_attention(model, args: MLACConfig, grad_norm_weight: float) -> None:
-    """A double backward needs eager attention or SDPA (run with the MATH kernel); anything else is refused."""
-    needs_double_backward = (args.num_differentiated_steps > 0 and args.inner_steps > 0) or grad_norm_weight > 0
-    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
-    if needs_double_backward and implementation not in ("eager", "sdpa"):
-        raise ValueError(
-            f"meta_gradient={args.meta_gradient!r} differentiates through inner gradients, which needs a second "
-            f"derivative of attention; attn_implementation={implementation!r} has none. Load the model with "
-            "`attn_implementation='eager'` (or 'sdpa', which MLAC runs with the MATH kernel), or use "
-            "meta_gradient='first_order'."
-        )
-
-
-def _attention_context(model):
-    """SDPA's fused CPU/CUDA kernels have no double backward; its MATH kernel has (plain differentiable ops)."""
-    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if implementation == "sdpa":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel(SDPBackend.MATH)
-    return contextlib.nullcontext()
-
-
-def _find_head(model) -> tuple[str, nn.Linear] | None:
-    """`(qualified name, Linear)` of a classifier's output projection (last Linear of a multi-layer head)."""
-    for attribute in _HEAD_ATTRIBUTES:
-        head = getattr(model, attribute, None)
-        if head is None:
-            continue
-        active = getattr(head, "modules_to_save", None)  # PEFT's ModulesToSaveWrapper: the trainable copy
-        if active is not None and getattr(head, "active_adapter", None) is not None:
-            adapter = head.active_adapter
-            head = active[adapter if isinstance(adapter, str) else adapter[0]]
-        if isinstance(head, nn.Linear):
-            return attribute, head
-        linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
-        if linears:
-            return attribute, linears[-1]
-    return None
-
-
-def _classification_head(model) -> tuple[str, nn.Linear]:
-    found = _find_head(unwrap_peft_model(model))
-    if found is None:
-        raise ValueError(f"could not find the classification head of {type(model).__name__}.")
-    return found
-
-
-def _head_parameter_names(model, task: str) -> tuple[str | None, str | None]:
-    """Names (in `model.named_parameters()`) of the head's weight and bias the adversary uses."""
-    if task == "causal_lm":
-        head = model.get_output_embeddings()
-    else:
-        head = _classification_head(model)[1]
-    names = {id(p): n for n, p in model.named_parameters()}
-    bias = getattr(head, "bias", None)
-    return names.get(id(head.weight)), names.get(id(bias)) if bias is not None else None
-
-
-def _harmful_classes(harmful: Dataset, args: MLACConfig, model, reset_head: bool) -> int:
-    column = "labels" if "labels" in harmful.column_names else "label"
-    labels = harmful[column]
-    if not labels or not all(isinstance(y, int) and not isinstance(y, bool) for y in labels):
-        raise ValueError(f"`harmful_dataset` needs integer class labels in `{column}` for a classifier.")
-    classes = args.adversary_num_labels or max(labels) + 1
-    if min(labels) < 0 or max(labels) >= classes:
-        raise ValueError(
-            f"`harmful_dataset` labels span {min(labels)}..{max(labels)}, outside 0..{classes - 1} "
-            f"(adversary_num_labels={args.adversary_num_labels!r})."
-        )
-    if not reset_head:
-        head = _classification_head(model)[1]
-        if classes > head.out_features:
-            raise ValueError(
-                f"reset_adversary_head=False makes the adversary use the model's own head ({head.out_features} "
-                f"outputs), but the blocked task has {classes} classes."
-            )
-    return max(classes, 2)
-
-
-def _as_mlac_config(args, model) -> MLACConfig:
-    if args is None:
-        name = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
-        return MLACConfig(f"{str(name).rstrip('/').split('/')[-1]}-MLAC")
-    if isinstance(args, MLACConfig):
-        return args
-    if isinstance(args, TrainingArguments):  # MLAC's fields at their defaults
-        values = args.to_dict()
-        values["hub_token"] = args.hub_token  # to_dict hides it
-        return MLACConfig(**{k: v for k, v in values.items() if k in MLACConfig.__dataclass_fields__})
-    raise TypeError(f"`args` must be an MLACConfig or TrainingArguments, got {type(args).__name__}.")
