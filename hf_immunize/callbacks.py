@@ -434,7 +434,7 @@ class ImmunizationCardCallback(_BindableCallback):
         from pathlib import Path
 
         from hf_immunize.core.card import write_model_card
-        from hf_immunize.core.trainer_mixin import _TRAINING_FIELDS, _non_default_fields
+        from hf_immunize.core.card_hooks import _TRAINING_FIELDS, _non_default_fields
 
         config = getattr(model, "config", None)
         model_tags = list(getattr(model, "model_tags", None) or [])
