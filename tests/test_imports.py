@@ -137,3 +137,11 @@ def test_methods_never_import_each_other():
         own = ".".join(module.split(".")[:3])
         bad += [(module, t) for t in targets if t.startswith("hf_immunize.methods.") and not t.startswith(own)]
     assert not bad, bad
+
+
+def test_no_module_grows_past_the_size_of_one_job():
+    """A module over ~450 lines is a sign that two jobs share one room (docs/architecture.md): split it at its seam."""
+    long = {
+        str(p.relative_to(REPO_ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 460
+    }
+    assert not long, long
